@@ -1,0 +1,563 @@
+"""A physically motivated Pleiades / Sentinel-2 pair generator with a known truth.
+
+The surface is an analytic function of world coordinates (metres in the reference CRS):
+parcels with class spectra and texture, roads and small buildings whose detail only the
+2 m sensor resolves. Because every value is a function of position and of a
+counter-based hash of (seed, position), any block of either image can be generated on its
+own: large scenes are built lazily with Dask and chunked output equals unchunked output.
+
+Forward models
+--------------
+* Sentinel-2 (reference): surface reflectance in B2, B3, B4, B8 seen through the per-band
+  Gaussian MTF (:mod:`xharmonise.psf`), one sample per 10 m pixel, plus noise; optional
+  clouds that are returned as a mask (the "masked" clouds of an L2A product).
+* Pleiades (source): the same surface displaced by ``shift`` metres, seen through wider
+  spectral bands (a band-mixing matrix), optionally through the atmosphere (TOA: path
+  radiance, transmittance and spherical albedo, a non-linear relation), calibrated with
+  BRDF-like per-band gains and offsets, plus noise and optional unmasked clouds.
+
+Without TOA and clouds, the S2-equivalent of a Pleiades pixel is an exact affine function
+of it: :attr:`Truth.mapping` holds that function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+from pyproj import CRS, Transformer
+
+from xharmonise import psf
+
+__all__ = ["S2_BANDS", "SRC_BANDS", "SimulatedPair", "Truth", "simulate_pair"]
+
+S2_BANDS = ("B2", "B3", "B4", "B8")
+SRC_BANDS = ("B0", "B1", "B2", "B3")
+
+# Surface classes: S2 B2, B3, B4, B8 reflectance (typical library values).
+_CLASSES = np.array(
+    [
+        [0.060, 0.050, 0.030, 0.020],  # water
+        [0.040, 0.080, 0.040, 0.400],  # green crop
+        [0.030, 0.050, 0.030, 0.280],  # forest
+        [0.100, 0.140, 0.180, 0.250],  # bare soil
+        [0.070, 0.100, 0.120, 0.220],  # dry grass
+        [0.120, 0.130, 0.140, 0.180],  # urban fabric
+    ]
+)
+_CLASS_WEIGHTS = np.array([0.05, 0.3, 0.2, 0.2, 0.15, 0.1])
+_URBAN = 5
+_ROAD = np.array([0.090, 0.100, 0.110, 0.130])
+_ROOFS = np.array(
+    [
+        [0.080, 0.100, 0.250, 0.300],  # red tiles
+        [0.200, 0.210, 0.220, 0.240],  # grey concrete
+        [0.350, 0.370, 0.380, 0.400],  # bright membrane
+    ]
+)
+_CLOUD = np.array([0.70, 0.72, 0.73, 0.75])
+
+# Pleiades bands are wider than S2's: each sees some of its neighbours.
+_MIXING = np.array(
+    [
+        [0.85, 0.15, 0.00, 0.00],
+        [0.10, 0.80, 0.10, 0.00],
+        [0.00, 0.10, 0.85, 0.05],
+        [0.00, 0.00, 0.04, 0.96],
+    ]
+)
+_GAINS = np.array([1.04, 0.98, 1.03, 0.95])
+_OFFSETS = np.array([0.005, 0.000, -0.003, 0.010])
+# Atmosphere per Pleiades band: path reflectance, total transmittance, spherical albedo.
+_PATH = np.array([0.080, 0.050, 0.030, 0.015])
+_TRANS = np.array([0.72, 0.79, 0.85, 0.90])
+_SPHERICAL = np.array([0.22, 0.17, 0.12, 0.08])
+
+_SRC_NOISE = 0.003
+_REF_NOISE = 0.002
+_SCALE = 1e-4
+_REF_ADD_OFFSET = -0.1  # S2 L2A processing baseline >= 04.00 (BOA_ADD_OFFSET = -1000)
+
+# Independent hash streams so every random field differs.
+_S_PARCEL, _S_TEXTURE, _S_FINE, _S_ROAD, _S_BUILD, _S_SRC_CLOUD, _S_REF_CLOUD = range(1, 8)
+_S_SRC_NOISE, _S_REF_NOISE = 8, 9
+
+
+@dataclass
+class Truth:
+    """What the simulator knows and a real pair never tells.
+
+    Attributes
+    ----------
+    reflectance : xarray.DataArray
+        S2-band surface reflectance seen by each source pixel, on the source grid: the
+        ideal harmonised source (NaN at no-data).
+    mapping : numpy.ndarray or None
+        (band, band + 1) affine map [A | b] with ``s2 = A @ src + b`` for clear TOC
+        pixels; None for TOA pairs, where no affine map is exact.
+    shift : tuple of float
+        Displacement of the source content relative to the reference, metres (east, north).
+    src_clouds : xarray.DataArray
+        Boolean, source grid: unmasked clouds in the source.
+    ref_clouds : xarray.DataArray
+        Boolean, reference grid: clouds in the reference (also returned as ``mask``).
+    """
+
+    reflectance: xr.DataArray
+    mapping: np.ndarray | None
+    shift: tuple[float, float]
+    src_clouds: xr.DataArray
+    ref_clouds: xr.DataArray
+    src_bands: tuple[str, ...] = field(default_factory=tuple)
+    ref_bands: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class SimulatedPair:
+    """A simulated source / reference pair, its reference cloud mask and its truth."""
+
+    src: xr.DataArray
+    ref: xr.DataArray
+    mask: xr.DataArray
+    truth: Truth
+
+    def to_geotiff(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``src.tif``, ``ref.tif`` and ``mask.tif`` into ``directory``.
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            The written files by name.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name, arr in (("src", self.src), ("ref", self.ref), ("mask", self.mask)):
+            path = directory / f"{name}.tif"
+            out = arr.astype("uint8") if arr.dtype == bool else arr
+            if "band" not in out.dims:
+                out = out.expand_dims(band=[name])
+            out = out.assign_coords(band=np.arange(1, out.sizes["band"] + 1))
+            out.attrs.pop("long_name", None)
+            out.rio.to_raster(path, tiled=True)
+            paths[name] = path
+        return paths
+
+
+# --------------------------------------------------------------------------- hashing
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    # splitmix64 finaliser: a counter-based generator, so a value depends only on its key.
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _hash(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = _mix(np.asarray(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _GOLDEN * np.uint64(stream)))
+        for k in keys:
+            k = np.asarray(k).astype(np.int64).view(np.uint64)
+            h = _mix(h ^ (k + _GOLDEN))
+    return h
+
+
+def _uniform(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
+    return (_hash(seed, stream, *keys) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _normal(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
+    u1 = _uniform(seed, stream, *keys, 0)
+    u2 = _uniform(seed, stream, *keys, 1)
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def _value_noise(seed: int, stream: int, x: np.ndarray, y: np.ndarray, cell: float) -> np.ndarray:
+    """Smooth noise in [0, 1]: hashed lattice values, smoothstep-interpolated."""
+    fx, fy = x / cell, y / cell
+    ix, iy = np.floor(fx), np.floor(fy)
+    tx, ty = fx - ix, fy - iy
+    tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
+    ix, iy = ix.astype(np.int64), iy.astype(np.int64)
+    v00 = _uniform(seed, stream, ix, iy)
+    v10 = _uniform(seed, stream, ix + 1, iy)
+    v01 = _uniform(seed, stream, ix, iy + 1)
+    v11 = _uniform(seed, stream, ix + 1, iy + 1)
+    return (v00 * (1 - tx) + v10 * tx) * (1 - ty) + (v01 * (1 - tx) + v11 * tx) * ty
+
+
+# --------------------------------------------------------------------------- surface
+def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """S2-band surface reflectance (4, *x.shape) at world coordinates x, y (metres)."""
+    parcel = 120.0
+    cx, cy = np.floor(x / parcel).astype(np.int64), np.floor(y / parcel).astype(np.int64)
+    best = np.full(x.shape, np.inf)
+    owner_x, owner_y = cx.copy(), cy.copy()
+    # Jittered-grid Voronoi: the nearest seed is in one of the 3 x 3 neighbouring cells.
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            nx, ny = cx + dx, cy + dy
+            sx = (nx + _uniform(seed, _S_PARCEL, nx, ny, 0)) * parcel
+            sy = (ny + _uniform(seed, _S_PARCEL, nx, ny, 1)) * parcel
+            d = (x - sx) ** 2 + (y - sy) ** 2
+            closer = d < best
+            best = np.where(closer, d, best)
+            owner_x = np.where(closer, nx, owner_x)
+            owner_y = np.where(closer, ny, owner_y)
+    u = _uniform(seed, _S_PARCEL, owner_x, owner_y, 2)
+    cls = np.searchsorted(np.cumsum(_CLASS_WEIGHTS), u * _CLASS_WEIGHTS.sum())
+    cls = np.minimum(cls, len(_CLASSES) - 1)
+    brightness = 0.85 + 0.3 * _uniform(seed, _S_PARCEL, owner_x, owner_y, 3)
+    refl = _CLASSES[cls].transpose(np.roll(np.arange(cls.ndim + 1), 1)) * brightness
+
+    texture = 0.88 + 0.24 * _value_noise(seed, _S_TEXTURE, x, y, 24.0)
+    fine = 0.94 + 0.12 * _value_noise(seed, _S_FINE, x, y, 4.0)
+    refl = refl * texture * fine
+
+    # Roads: one per 250 m band in each direction of a rotated frame, 6-10 m wide.
+    theta = 0.35
+    for stream_key, (c, s) in enumerate(((math.cos(theta), math.sin(theta)),
+                                         (-math.sin(theta), math.cos(theta)))):
+        u_ = x * c + y * s
+        cell = np.floor(u_ / 250.0).astype(np.int64)
+        centre = (cell + 0.2 + 0.6 * _uniform(seed, _S_ROAD, cell, stream_key)) * 250.0
+        width = 6.0 + 4.0 * _uniform(seed, _S_ROAD, cell, stream_key + 2)
+        on_road = np.abs(u_ - centre) < width / 2
+        refl = np.where(on_road, _ROAD.reshape(-1, *([1] * x.ndim)), refl)
+
+    # Buildings: at most one per 30 m cell, far more likely in urban parcels.
+    bcell = 30.0
+    bx, by = np.floor(x / bcell).astype(np.int64), np.floor(y / bcell).astype(np.int64)
+    p = np.where(cls == _URBAN, 0.8, 0.06)
+    has = _uniform(seed, _S_BUILD, bx, by, 0) < p
+    w = 8.0 + 12.0 * _uniform(seed, _S_BUILD, bx, by, 1)
+    h = 8.0 + 12.0 * _uniform(seed, _S_BUILD, bx, by, 2)
+    ox = (bcell - w) * _uniform(seed, _S_BUILD, bx, by, 3)
+    oy = (bcell - h) * _uniform(seed, _S_BUILD, bx, by, 4)
+    lx, ly = x - bx * bcell, y - by * bcell
+    inside = has & (lx >= ox) & (lx < ox + w) & (ly >= oy) & (ly < oy + h)
+    roof = np.minimum((_uniform(seed, _S_BUILD, bx, by, 5) * 3).astype(np.int64), 2)
+    roofs = _ROOFS[roof].transpose(np.roll(np.arange(roof.ndim + 1), 1))
+    return np.where(inside, roofs, refl)
+
+
+def _cloud_opacity(seed: int, stream: int, x: np.ndarray, y: np.ndarray, fraction: float):
+    if fraction <= 0:
+        return np.zeros(x.shape)
+    n = 0.65 * _value_noise(seed, stream, x, y, 400.0) + 0.35 * _value_noise(
+        seed, stream + 100, x, y, 90.0
+    )
+    # Smoothed value noise concentrates around 0.5; this threshold gives roughly `fraction`.
+    threshold = 0.5 + 0.25 * math.sqrt(2.0) * _erfinv(1.0 - 2.0 * fraction)
+    return np.clip((n - threshold) / 0.04, 0.0, 1.0)
+
+
+def _erfinv(v: float) -> float:
+    from scipy.special import erfinv
+
+    return float(erfinv(v))
+
+
+# --------------------------------------------------------------------------- grids
+@dataclass(frozen=True)
+class _Grid:
+    crs: CRS
+    transform: Affine
+    shape: tuple[int, int]
+
+    def centres(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        r = np.arange(rows.start, rows.stop) + 0.5
+        c = np.arange(cols.start, cols.stop) + 0.5
+        cc, rr = np.meshgrid(c, r)
+        x, y = self.transform * (cc, rr)
+        return np.asarray(x), np.asarray(y)
+
+    def coords(self) -> dict[str, np.ndarray]:
+        t = self.transform
+        return {
+            "y": t.f + t.e * (np.arange(self.shape[0]) + 0.5),
+            "x": t.c + t.a * (np.arange(self.shape[1]) + 0.5),
+        }
+
+
+def _lazy_field(
+    grid: _Grid, nbands: int, chunks: int | None, fn, dtype
+) -> np.ndarray | da.Array:
+    """Evaluate ``fn(rows, cols) -> (nbands, h, w)`` over a grid, lazily if chunked."""
+    if chunks is None:
+        return fn(slice(0, grid.shape[0]), slice(0, grid.shape[1])).astype(dtype)
+
+    def block(_, block_info=None):
+        (r0, r1), (c0, c1) = block_info[None]["array-location"][1:]
+        return fn(slice(r0, r1), slice(c0, c1)).astype(dtype)
+
+    template = da.empty((nbands, *grid.shape), chunks=(nbands, chunks, chunks), dtype=dtype)
+    return da.map_blocks(block, template, dtype=dtype, meta=np.empty((0, 0, 0), dtype))
+
+
+def _dataarray(data, grid: _Grid, bands: Sequence[str] | None, name: str) -> xr.DataArray:
+    coords = grid.coords()
+    if bands is not None:
+        arr = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": list(bands), **coords})
+    else:
+        arr = xr.DataArray(data, dims=("y", "x"), coords=coords)
+    arr.name = name
+    arr = arr.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
+    return arr
+
+
+# --------------------------------------------------------------------------- main entry
+def simulate_pair(
+    shape: tuple[int, int] = (1000, 1000),
+    *,
+    seed: int = 0,
+    bands: Sequence[str] = S2_BANDS,
+    toa: bool = False,
+    shift: tuple[float, float] = (0.0, 0.0),
+    src_clouds: float = 0.0,
+    ref_clouds: float = 0.0,
+    nodata_border: int = 0,
+    src_crs: str | int | None = None,
+    src_offset: tuple[float, float] = (0.0, 0.0),
+    src_resolution: float = 2.0,
+    dtype: str = "float32",
+    chunks: int | None = None,
+    ref_crs: str | int = "EPSG:32631",
+    origin: tuple[float, float] = (500000.0, 4800000.0),
+) -> SimulatedPair:
+    """Simulate a Pleiades-like source and a Sentinel-2-like reference of the same place.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Source size (rows, columns) in source pixels.
+    seed : int
+        Everything is a deterministic function of the seed.
+    bands : sequence of str
+        S2 bands to simulate, a subset of ``("B2", "B3", "B4", "B8")``; the source gets
+        the matching Pleiades bands (``B0``..``B3``).
+    toa : bool
+        Source at top of atmosphere (non-linear path radiance / spherical albedo terms).
+    shift : (float, float)
+        Displacement of the source content relative to the reference, metres east and
+        north (positive east, north).
+    src_clouds : float
+        Approximate fraction of the scene under unmasked source clouds.
+    ref_clouds : float
+        Approximate fraction of the scene under reference clouds (returned as ``mask``).
+    nodata_border : int
+        Width in source pixels of a no-data border, with a cut corner, around the source.
+    src_crs : str or int, optional
+        CRS of the source grid; defaults to the reference CRS.
+    src_offset : (float, float)
+        Offset in metres (east, south) of the source origin from the reference grid lines,
+        so the source grid is out of phase with the reference.
+    src_resolution : float
+        Source pixel size in metres (2 for Pleiades).
+    dtype : {"float32", "uint16"}
+        ``uint16`` returns integer DN with ``scale_factor``/``add_offset`` attributes and
+        nodata 0, like real products.
+    chunks : int, optional
+        Dask chunk size (pixels); None computes NumPy arrays eagerly.
+    ref_crs : str or int
+        CRS of the reference.
+    origin : (float, float)
+        Upper-left corner of the reference grid in ``ref_crs``.
+
+    Returns
+    -------
+    SimulatedPair
+        ``src`` (band, y, x), ``ref`` (band, y, x), ``mask`` (y, x) on the reference
+        grid, True = cloud, and ``truth``.
+
+    Examples
+    --------
+    >>> pair = simulate_pair((200, 200), seed=1)
+    >>> pair.src.shape, pair.ref.shape
+    ((4, 200, 200), (4, 56, 56))
+    """
+    idx = [S2_BANDS.index(b) for b in bands]
+    nb = len(idx)
+    ref_bands = tuple(bands)
+    src_bands = tuple(SRC_BANDS[i] for i in idx)
+    ref_res, factor = 10.0, 5
+    ref_crs_ = CRS.from_user_input(ref_crs)
+    src_crs_ = CRS.from_user_input(src_crs) if src_crs is not None else ref_crs_
+    border = 80.0  # reference margin around the source footprint, metres
+
+    ny, nx = shape
+    if src_crs_ == ref_crs_:
+        x0 = origin[0] + border + src_offset[0]
+        y0 = origin[1] - border - src_offset[1]
+    else:
+        cx = origin[0] + border + nx * src_resolution / 2
+        cy = origin[1] - border - ny * src_resolution / 2
+        to_src = Transformer.from_crs(ref_crs_, src_crs_, always_xy=True)
+        sx, sy = to_src.transform(cx, cy)
+        x0 = round(sx - nx * src_resolution / 2) + src_offset[0]
+        y0 = round(sy + ny * src_resolution / 2) - src_offset[1]
+    src_grid = _Grid(src_crs_, Affine(src_resolution, 0, x0, 0, -src_resolution, y0), (ny, nx))
+
+    # Reference grid: covers the source footprint plus a margin, on 10 m lines from origin.
+    to_ref = Transformer.from_crs(src_crs_, ref_crs_, always_xy=True)
+    fx, fy = src_grid.transform * (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
+    rx, ry = to_ref.transform(fx, fy)
+    rows = math.ceil((origin[1] - min(ry) + border) / ref_res)
+    cols = math.ceil((max(rx) - origin[0] + border) / ref_res)
+    ref_grid = _Grid(ref_crs_, Affine(ref_res, 0, origin[0], 0, -ref_res, origin[1]), (rows, cols))
+
+    same_crs = src_crs_ == ref_crs_
+    mixing = _MIXING[np.ix_(idx, idx)]
+    mixing = mixing / mixing.sum(axis=1, keepdims=True)
+    gains, offsets = _GAINS[idx], _OFFSETS[idx]
+    path, trans, sph = _PATH[idx], _TRANS[idx], _SPHERICAL[idx]
+    cloud = _CLOUD[idx]
+    col = (slice(None), None, None)
+
+    def src_world(rows_: slice, cols_: slice):
+        x, y = src_grid.centres(rows_, cols_)
+        if not same_crs:
+            x, y = to_ref.transform(x, y)
+        return np.asarray(x), np.asarray(y)
+
+    def surface_at_src(rows_, cols_):
+        x, y = src_world(rows_, cols_)
+        # Source content at p shows the surface at p - shift.
+        return _surface(seed, x - shift[0], y - shift[1])[idx], x, y
+
+    def src_valid(rows_, cols_):
+        r = np.arange(rows_.start, rows_.stop)[:, None]
+        c = np.arange(cols_.start, cols_.stop)[None, :]
+        w = nodata_border
+        if w <= 0:
+            return np.ones((r.size, c.size), bool)
+        edge = np.minimum(np.minimum(r, ny - 1 - r), np.minimum(c, nx - 1 - c))
+        return (edge >= w) & (r + c >= 4 * w)
+
+    def src_block(rows_, cols_):
+        s, x, y = surface_at_src(rows_, cols_)
+        v = np.einsum("ij,j...->i...", mixing, s)
+        if toa:
+            v = path[col] + trans[col] * v / (1.0 - sph[col] * v)
+        v = gains[col] * v + offsets[col]
+        alpha = _cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds)
+        v = (1 - alpha) * v + alpha * cloud[col]
+        r = np.arange(rows_.start, rows_.stop)[:, None]
+        c = np.arange(cols_.start, cols_.stop)[None, :]
+        v = v + _SRC_NOISE * _normal(seed, _S_SRC_NOISE, np.arange(nb)[col], r, c)
+        v = np.where(src_valid(rows_, cols_), v, np.nan)
+        return v
+
+    def truth_block(rows_, cols_):
+        s, _, _ = surface_at_src(rows_, cols_)
+        return np.where(src_valid(rows_, cols_), s, np.nan)
+
+    def src_cloud_block(rows_, cols_):
+        x, y = src_world(rows_, cols_)
+        return (_cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds) > 0)[None]
+
+    # Reference: the surface on a 2 m grid in phase with the 10 m grid, with enough margin
+    # for the MTF kernel, blurred and sampled once per 10 m pixel.
+    sigmas = [psf.sigma_from_mtf(psf.S2_MTF[b], ref_res, ref_res / factor) for b in bands]
+    pad = factor * math.ceil(psf.kernel_margin(max(sigmas), factor) / factor)
+    fine = _Grid(
+        ref_crs_,
+        Affine(ref_res / factor, 0, origin[0] - pad * ref_res / factor, 0,
+               -ref_res / factor, origin[1] + pad * ref_res / factor),
+        (rows * factor + 2 * pad, cols * factor + 2 * pad),
+    )
+
+    def fine_block(rows_, cols_):
+        x, y = fine.centres(rows_, cols_)
+        return _surface(seed, x, y)[idx]
+
+    fine_chunks = None if chunks is None else max(factor, chunks // factor * factor)
+    surface = _lazy_field(fine, nb, fine_chunks, fine_block, np.float64)
+    blurred = psf.degrade_array(surface, sigmas, factor)
+    p = pad // factor
+    blurred = blurred[:, p : p + rows, p : p + cols]
+    if chunks is not None:
+        blurred = blurred.rechunk((nb, chunks, chunks))
+
+    def ref_block(rows_, cols_, values):
+        x, y = ref_grid.centres(rows_, cols_)
+        r = np.arange(rows_.start, rows_.stop)[:, None]
+        c = np.arange(cols_.start, cols_.stop)[None, :]
+        v = values + _REF_NOISE * _normal(seed, _S_REF_NOISE, np.arange(nb)[col], r, c)
+        alpha = _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)
+        return (1 - alpha) * v + alpha * cloud[col]
+
+    def ref_cloud_block(rows_, cols_):
+        x, y = ref_grid.centres(rows_, cols_)
+        return _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)[None] > 0
+
+    if chunks is None:
+        ref_data = ref_block(slice(0, rows), slice(0, cols), blurred).astype(np.float32)
+    else:
+
+        def _ref(values, block_info=None):
+            (r0, r1), (c0, c1) = block_info[0]["array-location"][1:]
+            return ref_block(slice(r0, r1), slice(c0, c1), values).astype(np.float32)
+
+        ref_data = da.map_blocks(_ref, blurred, dtype=np.float32,
+                                 meta=np.empty((0, 0, 0), np.float32))
+
+    src_data = _lazy_field(src_grid, nb, chunks, src_block, np.float32)
+    truth_data = _lazy_field(src_grid, nb, chunks, truth_block, np.float32)
+    src_cloud_data = _lazy_field(src_grid, 1, chunks, src_cloud_block, bool)[0]
+    ref_cloud_data = _lazy_field(ref_grid, 1, chunks, ref_cloud_block, bool)[0]
+
+    src = _dataarray(src_data, src_grid, src_bands, "src")
+    ref = _dataarray(ref_data, ref_grid, ref_bands, "ref")
+    if dtype == "uint16":
+        src = _to_dn(src, 0.0)
+        ref = _to_dn(ref, _REF_ADD_OFFSET)
+    elif dtype != "float32":
+        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
+    else:
+        src = src.rio.write_nodata(np.nan, encoded=False)
+        ref = ref.rio.write_nodata(np.nan, encoded=False)
+    mask = _dataarray(ref_cloud_data, ref_grid, None, "cloud_mask")
+
+    mapping = None
+    if not toa:
+        a = np.linalg.inv(mixing) / gains[None, :]
+        mapping = np.concatenate([a, -(a @ offsets)[:, None]], axis=1)
+    truth = Truth(
+        reflectance=_dataarray(truth_data, src_grid, ref_bands, "truth"),
+        mapping=mapping,
+        shift=(float(shift[0]), float(shift[1])),
+        src_clouds=_dataarray(src_cloud_data, src_grid, None, "src_clouds"),
+        ref_clouds=mask,
+        src_bands=src_bands,
+        ref_bands=ref_bands,
+    )
+    return SimulatedPair(src=src, ref=ref, mask=mask, truth=truth)
+
+
+def _to_dn(arr: xr.DataArray, add_offset: float) -> xr.DataArray:
+    """Encode reflectance as uint16 DN like a real product: 0 is nodata."""
+
+    def encode(v):
+        dn = np.rint((v - add_offset) / _SCALE)
+        return np.where(np.isfinite(v), np.clip(dn, 1, 65535), 0).astype(np.uint16)
+
+    data = arr.data
+    if isinstance(data, da.Array):
+        dn = data.map_blocks(encode, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16))
+    else:
+        dn = encode(data)
+    out = arr.copy(data=dn)
+    out.attrs.update(scale_factor=_SCALE, add_offset=add_offset)
+    return out.rio.write_nodata(0, encoded=False)
