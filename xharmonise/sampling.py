@@ -1,0 +1,331 @@
+"""Training patches: lazy validity, seeded split, and gathering of the chosen patches only.
+
+Patches are non-overlapping ``patch_size x patch_size`` squares of the reference grid.
+A patch is kept when every reference pixel is finite, no cloud touches it, and every
+source pixel that the learnable BCNet filter can reach (the patch plus ``ring`` reference
+pixels around it) is finite. The same patches serve every method so that their metrics
+compare like with like.
+
+Only reductions at reference resolution are ever computed whole (they are ``factor**2``
+times smaller than the source); full-resolution source data is read patch by patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from xharmonise import psf
+from xharmonise.errors import NoValidPatchesError
+
+__all__ = [
+    "Coarse",
+    "PatchIndex",
+    "Patches",
+    "gather",
+    "patch_validity",
+    "reduce_to_reference",
+    "split_patches",
+]
+
+
+@dataclass
+class PatchIndex:
+    """Which patches exist, which are usable, and why the others are not.
+
+    Attributes
+    ----------
+    valid : numpy.ndarray
+        Boolean (rows, cols) over the patch grid.
+    nodata, cloudy : numpy.ndarray
+        Boolean (rows, cols): patches rejected for no-data, for cloud (both can hold).
+    patch_size, ring : int
+        Patch side and margin, in reference pixels.
+    """
+
+    valid: np.ndarray
+    nodata: np.ndarray
+    cloudy: np.ndarray
+    patch_size: int
+    ring: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Total, valid, no-data and cloudy patch counts."""
+        return {
+            "total": int(self.valid.size),
+            "valid": int(self.valid.sum()),
+            "nodata": int(self.nodata.sum()),
+            "cloudy": int(self.cloudy.sum()),
+        }
+
+    def origin(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reference-pixel row/col of the upper-left corner of patches."""
+        return self.ring + rows * self.patch_size, self.ring + cols * self.patch_size
+
+
+def _block_all_finite(src: xr.DataArray, factor: int):
+    """Per reference pixel: are all its factor x factor source pixels finite in every band."""
+    data = src.data
+    nb, ny, nx = data.shape
+    data = data[:, : ny // factor * factor, : nx // factor * factor]
+    if isinstance(data, da.Array):
+        chunks = tuple(max(factor, c // factor * factor) for c in (data.chunksize[1:]))
+        finite = da.isfinite(data.rechunk((nb, *chunks)))
+        return da.coarsen(np.all, finite, {1: factor, 2: factor}, trim_excess=True).all(axis=0)
+    blocks = np.isfinite(data).reshape(nb, ny // factor, factor, nx // factor, factor)
+    return blocks.all(axis=(0, 2, 4))
+
+
+def _patch_any(bad: np.ndarray, size: int, ring: int, grow: int) -> np.ndarray:
+    """Whether any True lies in each patch grown by ``grow`` pixels on every side."""
+    ny, nx = bad.shape
+    rows, cols = (ny - 2 * ring) // size, (nx - 2 * ring) // size
+    # An integral image answers every (possibly overlapping) window sum in O(1).
+    integral = np.zeros((ny + 1, nx + 1), np.int64)
+    integral[1:, 1:] = bad.astype(np.int64).cumsum(0).cumsum(1)
+    r0 = np.clip(ring + np.arange(rows) * size - grow, 0, ny)
+    r1 = np.clip(ring + (np.arange(rows) + 1) * size + grow, 0, ny)
+    c0 = np.clip(ring + np.arange(cols) * size - grow, 0, nx)
+    c1 = np.clip(ring + (np.arange(cols) + 1) * size + grow, 0, nx)
+    total = (
+        integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
+    )
+    return total > 0
+
+
+@dataclass
+class Coarse:
+    """Everything sampling needs at reference resolution, in memory.
+
+    Attributes
+    ----------
+    src_ok : numpy.ndarray
+        (Y, X) True where all source pixels of the reference pixel are finite.
+    ref_ok : numpy.ndarray
+        (Y, X) True where the reference is finite in every band.
+    cloud : numpy.ndarray or None
+        (Y, X) True where the mask flags cloud.
+    src : numpy.ndarray
+        (band, Y, X) source degraded with the reference MTF.
+    ref : numpy.ndarray
+        (band, Y, X) reference.
+    """
+
+    src_ok: np.ndarray
+    ref_ok: np.ndarray
+    cloud: np.ndarray | None
+    src: np.ndarray
+    ref: np.ndarray
+
+
+def reduce_to_reference(
+    src: xr.DataArray,
+    ref: xr.DataArray,
+    mask: xr.DataArray | None,
+    *,
+    factor: int,
+    sigmas: list[float],
+) -> Coarse:
+    """Compute, in one pass over the source, the reference-resolution arrays sampling needs.
+
+    Parameters
+    ----------
+    src : xarray.DataArray
+        Source reflectance on the phase-aligned grid (band, factor*Y, factor*X).
+    ref : xarray.DataArray
+        Reference reflectance (band, Y, X), same footprint.
+    mask : xarray.DataArray, optional
+        Cloud mask (Y, X) on the reference grid, True (or 1) = cloud.
+    factor : int
+        Source pixels per reference pixel along each axis.
+    sigmas : list of float
+        Per-band MTF Gaussian sigma in source pixels, for the degraded source.
+
+    Returns
+    -------
+    Coarse
+        Only arrays ``factor**2`` times smaller than the source are held in memory; a
+        Dask source is streamed chunk by chunk.
+    """
+    src_ok = _block_all_finite(src, factor)
+    coarse = psf.degrade_array(src.data, sigmas, factor)
+    ref_data = ref.data
+    ref_ok = (da.isfinite(ref_data) if isinstance(ref_data, da.Array)
+              else np.isfinite(ref_data)).all(axis=0)
+    cloud = None
+    if mask is not None:
+        m = mask.data
+        cloud = (m != 0) if m.dtype != bool else m
+    # One compute call so that each source chunk is produced once for all the reductions.
+    src_ok, coarse, ref_ok, cloud, ref_data = dask.compute(src_ok, coarse, ref_ok, cloud, ref_data)
+    ny, nx = ref_ok.shape
+    return Coarse(
+        src_ok=np.asarray(src_ok)[:ny, :nx],
+        ref_ok=np.asarray(ref_ok),
+        cloud=None if cloud is None else np.asarray(cloud),
+        src=np.asarray(coarse, dtype=np.float32)[:, :ny, :nx],
+        ref=np.asarray(ref_data, dtype=np.float32),
+    )
+
+
+def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> PatchIndex:
+    """Classify every patch of the reference grid as valid, no-data or cloudy.
+
+    Parameters
+    ----------
+    coarse : Coarse
+        From :func:`reduce_to_reference`.
+    patch_size : int
+        Patch side in reference pixels.
+    ring : int
+        Reference pixels around each patch whose source data must be valid too (room
+        for the BCNet filter); the patch grid starts ``ring`` pixels in.
+
+    Returns
+    -------
+    PatchIndex
+
+    Raises
+    ------
+    NoValidPatchesError
+        With the counts, when no patch is usable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ok = np.ones((70, 70), bool)
+    >>> c = Coarse(ok, ok, None, np.zeros((1, 70, 70)), np.zeros((1, 70, 70)))
+    >>> patch_validity(c, patch_size=32, ring=2).counts["valid"]
+    4
+    """
+    ny, nx = coarse.ref_ok.shape
+    rows, cols = (ny - 2 * ring) // patch_size, (nx - 2 * ring) // patch_size
+    if rows < 1 or cols < 1:
+        raise NoValidPatchesError(
+            f"the overlap ({ny} x {nx} reference pixels) is smaller than one patch "
+            f"({patch_size} + 2 x {ring}): use a smaller patch_size or a larger overlap",
+        )
+    nodata = _patch_any(~coarse.src_ok, patch_size, ring, ring) | _patch_any(
+        ~coarse.ref_ok, patch_size, ring, 0
+    )
+    cloudy = (
+        _patch_any(coarse.cloud, patch_size, ring, 0)
+        if coarse.cloud is not None
+        else np.zeros_like(nodata)
+    )
+    index = PatchIndex(~(nodata | cloudy), nodata, cloudy, patch_size, ring)
+    counts = index.counts
+    if counts["valid"] == 0:
+        raise NoValidPatchesError(
+            f"none of the {counts['total']} patches is usable ({counts['nodata']} hold "
+            f"no-data, {counts['cloudy']} hold cloud): give a clearer pair, a smaller "
+            "patch_size or a mask that covers less",
+            total=counts["total"],
+            nodata=counts["nodata"],
+            cloudy=counts["cloudy"],
+        )
+    return index
+
+
+def split_patches(
+    index: PatchIndex, *, test_fraction: float = 0.1, seed: int = 0, max_patches: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle the valid patches with ``seed`` and split them into train and test.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        (n, 2) arrays of patch (row, col) for training and testing. With two or more
+        valid patches, each side gets at least one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> idx = PatchIndex(np.ones((4, 5), bool), np.zeros((4, 5), bool),
+    ...                  np.zeros((4, 5), bool), 32, 0)
+    >>> train, test = split_patches(idx, seed=1)
+    >>> len(train), len(test)
+    (18, 2)
+    """
+    cells = np.argwhere(index.valid)
+    order = np.random.default_rng(seed).permutation(len(cells))
+    cells = cells[order]
+    if max_patches is not None:
+        cells = cells[:max_patches]
+    n_test = round(len(cells) * test_fraction)
+    if len(cells) >= 2:
+        n_test = min(max(n_test, 1), len(cells) - 1)
+    return cells[n_test:], cells[:n_test]
+
+
+@dataclass
+class Patches:
+    """Gathered patches: reference, degraded source and (optionally) full-resolution source.
+
+    ``src`` and ``ref`` are (n, band, p, p); ``src_full`` is (n, band, factor*p + 2*margin,
+    same) or None.
+    """
+
+    src: np.ndarray
+    ref: np.ndarray
+    src_full: np.ndarray | None = None
+
+
+def gather(
+    index: PatchIndex,
+    cells: np.ndarray,
+    *,
+    coarse: Coarse,
+    src: xr.DataArray | None = None,
+    factor: int = 5,
+    margin: int = 0,
+) -> Patches:
+    """Cut the patches ``cells`` out of in-memory coarse arrays and, if asked, the source.
+
+    Parameters
+    ----------
+    index : PatchIndex
+        Patch geometry.
+    cells : numpy.ndarray
+        (n, 2) patch (row, col).
+    coarse : Coarse
+        In-memory reference-resolution arrays.
+    src : xarray.DataArray, optional
+        Full-resolution aligned source; when given, ``src_full`` patches with ``margin``
+        source pixels around them are read from it (lazily: only those windows).
+    factor, margin : int
+        Resolution factor and margin for ``src_full``.
+
+    Returns
+    -------
+    Patches
+    """
+    p = index.patch_size
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+
+    def cut(arr: np.ndarray) -> np.ndarray:
+        out = np.empty((len(cells), arr.shape[0], p, p), np.float32)
+        for i, (r, c) in enumerate(zip(r0, c0, strict=True)):
+            out[i] = arr[:, r : r + p, c : c + p]
+        return out
+
+    full = None
+    if src is not None:
+        if margin > index.ring * factor:
+            raise ValueError(f"margin {margin} exceeds the validated ring of {index.ring}")
+        size = p * factor + 2 * margin
+        windows = [
+            src.data[:, r * factor - margin : r * factor - margin + size,
+                     c * factor - margin : c * factor - margin + size]
+            for r, c in zip(r0, c0, strict=True)
+        ]
+        computed = dask.compute(*windows) if windows else []
+        full = np.stack(computed).astype(np.float32) if windows else np.empty(
+            (0, src.sizes["band"], size, size), np.float32
+        )
+    return Patches(src=cut(coarse.src), ref=cut(coarse.ref), src_full=full)

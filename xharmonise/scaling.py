@@ -1,0 +1,121 @@
+"""From product values to reflectance: scale, offset and no-data, lazily.
+
+Real products store reflectance as integer DN with a scale factor, an additive offset and
+a no-data value (Pleiades DN x 1e-4; Sentinel-2 L2A (DN - 1000) x 1e-4 since processing
+baseline 04.00). Everything downstream works on float32 reflectance with NaN at no-data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from xharmonise.errors import InputValueError
+
+__all__ = ["band_names", "to_reflectance"]
+
+
+def band_names(da: xr.DataArray) -> list[str]:
+    """Band names of a (band, y, x) DataArray.
+
+    String ``band`` coordinates are names; rioxarray's integer band numbers are replaced
+    by its ``long_name`` attribute when that lists one name per band.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> band_names(xr.DataArray(np.zeros((2, 1, 1)), dims=("band", "y", "x"),
+    ...                         coords={"band": [1, 2]}))
+    ['1', '2']
+    """
+    if "band" not in da.dims:
+        raise InputValueError(
+            f"the input has dims {da.dims} and no 'band' dimension: add one with "
+            "da.expand_dims(band=['name']) (a single-band image is (1, y, x))"
+        )
+    if "band" in da.coords:
+        values = [str(v) for v in da["band"].values]
+        long_name = da.attrs.get("long_name")
+        if (
+            np.issubdtype(da["band"].dtype, np.integer)
+            and isinstance(long_name, tuple | list)
+            and len(long_name) == len(values)
+        ):
+            return [str(v) for v in long_name]
+        return values
+    return [str(i + 1) for i in range(da.sizes["band"])]
+
+
+def _nodata_of(da: xr.DataArray) -> float | None:
+    for key in ("_FillValue", "nodata", "missing_value"):
+        if key in da.attrs and da.attrs[key] is not None:
+            return float(da.attrs[key])
+        if key in da.encoding and da.encoding[key] is not None:
+            return float(da.encoding[key])
+    try:
+        nd = da.rio.nodata
+    except Exception:  # a malformed grid mapping must not hide an explicit _FillValue
+        nd = None
+    return None if nd is None else float(nd)
+
+
+def to_reflectance(
+    da: xr.DataArray, *, scale: float | None = None, offset: float | None = None, name: str = "input"
+) -> xr.DataArray:
+    """Float32 reflectance with NaN at no-data, lazily for Dask inputs.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Raster (band, y, x), float reflectance or integer DN.
+    scale, offset : float, optional
+        Reflectance = DN * scale + offset. Default to the ``scale_factor`` and
+        ``add_offset`` attributes (1 and 0 for floating-point inputs without them).
+    name : str
+        How to call the input in error messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, same dims, coords and CRS; the input is not modified.
+
+    Raises
+    ------
+    InputValueError
+        Integer input without any scale information.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> dn = xr.DataArray(np.array([[[0, 1500]]], np.uint16), dims=("band", "y", "x"),
+    ...                   attrs={"scale_factor": 1e-4, "_FillValue": 0})
+    >>> to_reflectance(dn).values.round(3).tolist()
+    [[[nan, 0.15]]]
+    """
+    if "band" not in da.dims:
+        band_names(da)  # raises the clear error
+    integer = np.issubdtype(da.dtype, np.integer) or da.dtype == bool
+    if scale is None:
+        scale = da.attrs.get("scale_factor")
+    if offset is None:
+        offset = da.attrs.get("add_offset", 0.0)
+    if scale is None:
+        if integer:
+            raise InputValueError(
+                f"{name} holds integer values ({da.dtype}) without a scale_factor attribute: "
+                "pass scale= (e.g. scale=1e-4 for Pleiades or Sentinel-2 DN, 1/255 for "
+                "8-bit images) so that values become reflectances"
+            )
+        scale = 1.0
+    nodata = _nodata_of(da)
+    values = da
+    if nodata is not None and not np.isnan(nodata):
+        values = values.where(values != nodata)
+    out = (values.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
+    out.attrs = {k: v for k, v in da.attrs.items()
+                 if k not in ("scale_factor", "add_offset", "_FillValue", "nodata")}
+    out.encoding = {}
+    if "spatial_ref" in da.coords:
+        out = out.assign_coords(spatial_ref=da["spatial_ref"])
+        out = out.rio.write_nodata(np.nan, encoded=False)
+    return out
