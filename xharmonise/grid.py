@@ -202,8 +202,8 @@ def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:
         )
     left, bottom, right, top = overlap.boundingbox
     inv = ~ref_gb.affine
-    c0, r0 = inv * (left, top)
-    c1, r1 = inv * (right, bottom)
+    c0, r0 = inv @ (left, top)
+    c1, r1 = inv @ (right, bottom)
     col0, col1 = math.ceil(min(c0, c1) - _PIXEL_TOL), math.floor(max(c0, c1) + _PIXEL_TOL)
     row0, row1 = math.ceil(min(r0, r1) - _PIXEL_TOL), math.floor(max(r0, r1) + _PIXEL_TOL)
     if col1 <= col0 or row1 <= row0:
@@ -234,7 +234,7 @@ def _integer_offset(src_gb: GeoBox, target: GeoBox) -> tuple[int, int] | None:
     if not all(math.isclose(p, q, rel_tol=1e-9) for p, q in zip((a.a, a.b, a.d, a.e),
                                                                 (b.a, b.b, b.d, b.e))):
         return None
-    col, row = ~a * (b.c, b.f)
+    col, row = ~a @ (b.c, b.f)
     if abs(col - round(col)) > _PIXEL_TOL or abs(row - round(row)) > _PIXEL_TOL:
         return None
     return round(row), round(col)

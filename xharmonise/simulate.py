@@ -280,7 +280,7 @@ class _Grid:
         r = np.arange(rows.start, rows.stop) + 0.5
         c = np.arange(cols.start, cols.stop) + 0.5
         cc, rr = np.meshgrid(c, r)
-        x, y = self.transform * (cc, rr)
+        x, y = self.transform @ (cc, rr)
         return np.asarray(x), np.asarray(y)
 
     def coords(self) -> dict[str, np.ndarray]:
@@ -411,7 +411,7 @@ def simulate_pair(
 
     # Reference grid: covers the source footprint plus a margin, on 10 m lines from origin.
     to_ref = Transformer.from_crs(src_crs_, ref_crs_, always_xy=True)
-    fx, fy = src_grid.transform * (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
+    fx, fy = src_grid.transform @ (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
     rx, ry = to_ref.transform(fx, fy)
     rows = math.ceil((origin[1] - min(ry) + border) / ref_res)
     cols = math.ceil((max(rx) - origin[0] + border) / ref_res)

@@ -1,0 +1,296 @@
+"""fit and predict: the one place that knows the whole flow.
+
+inputs -> reflectance -> phase-aligned grid -> reference-resolution reductions and
+patches (lazy until here) -> training (in memory, small) -> Harmoniser -> lazy predict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xharmonise import grid as _grid
+from xharmonise import psf, sampling
+from xharmonise.errors import BandMismatchError, GridError, UnknownMethodError
+from xharmonise.harmoniser import Harmoniser
+from xharmonise.inference import map_pixels
+from xharmonise.metrics import metric_table
+from xharmonise.models.linear import apply_linear, fit_linear
+from xharmonise.scaling import band_names, to_reflectance
+
+__all__ = ["METHODS", "fit", "predict"]
+
+METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
+
+# MTF assumed for reference bands whose name is not a Sentinel-2 band: close to the mean
+# of the 10 m bands, the closest guess for an unknown ~10 m sensor.
+_DEFAULT_MTF = 0.26
+# Source pixels the BCNet filter may reach beyond the MTF kernel (room to learn a shift).
+_BCNET_EXTRA = 2
+
+
+def _as_dataarray(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
+    if isinstance(obj, xr.Dataset):
+        if len(obj.data_vars) != 1:
+            raise BandMismatchError(
+                f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a DataArray "
+                "(band, y, x) or a Dataset whose bands are stacked with ds.to_dataarray('band')"
+            )
+        return next(iter(obj.data_vars.values()))
+    return obj
+
+
+def _pair_bands(
+    src: xr.DataArray, ref: xr.DataArray, bands: Mapping[str, str] | Sequence[str] | None
+) -> tuple[xr.DataArray, xr.DataArray, list[str], list[str]]:
+    src_names, ref_names = band_names(src), band_names(ref)
+    if bands is None:
+        if len(src_names) != len(ref_names):
+            raise BandMismatchError(
+                f"the source has {len(src_names)} bands {src_names} and the reference "
+                f"{len(ref_names)} {ref_names}: pass bands={{src_band: ref_band, ...}} to "
+                "say which bands pair up"
+            )
+        return src, ref, src_names, ref_names
+    pairs = list(bands.items()) if isinstance(bands, Mapping) else list(zip(src_names, bands))
+    unknown = [s for s, _ in pairs if s not in src_names] + [r for _, r in pairs
+                                                             if r not in ref_names]
+    if unknown:
+        raise BandMismatchError(
+            f"unknown band names {unknown} in bands=: the source has {src_names} and the "
+            f"reference {ref_names}"
+        )
+    si = [src_names.index(s) for s, _ in pairs]
+    ri = [ref_names.index(r) for _, r in pairs]
+    return (
+        src.isel(band=si),
+        ref.isel(band=ri),
+        [s for s, _ in pairs],
+        [r for _, r in pairs],
+    )
+
+
+def _crop_mask(mask: xr.DataArray, ref: xr.DataArray, g: _grid.PairGrid) -> xr.DataArray:
+    if "band" in mask.dims:
+        mask = mask.any("band") if mask.sizes["band"] > 1 else mask.isel(band=0)
+    if (mask.sizes.get("y"), mask.sizes.get("x")) == (ref.sizes["y"], ref.sizes["x"]):
+        same = np.allclose(mask["y"].values, ref["y"].values) and np.allclose(
+            mask["x"].values, ref["x"].values
+        )
+        if same:
+            return mask.isel(y=g.ref_rows, x=g.ref_cols)
+    raise GridError(
+        "the mask is not on the reference grid: give a (y, x) mask with the reference's "
+        "shape and coordinates (e.g. mask.rio.reproject_match(ref, resampling=nearest))"
+    )
+
+
+def _sigmas(ref_names: Sequence[str], factor: int) -> list[float]:
+    res = 10.0  # only the ratio matters: sigma in source-grid pixels
+    return [
+        psf.sigma_from_mtf(psf.S2_MTF.get(b.upper(), _DEFAULT_MTF), res, res / factor)
+        for b in ref_names
+    ]
+
+
+def fit(
+    src: xr.DataArray | xr.Dataset,
+    ref: xr.DataArray | xr.Dataset,
+    *,
+    method: str = "calibnet",
+    variance: bool = False,
+    mask: xr.DataArray | None = None,
+    bands: Mapping[str, str] | Sequence[str] | None = None,
+    scale: float | tuple[float | None, float | None] | None = None,
+    iterations: int | None = None,
+    batch_size: int = 100,
+    patch_size: int = 32,
+    test_fraction: float = 0.1,
+    max_patches: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> Harmoniser:
+    """Learn a per-pixel mapping that makes ``src`` reflectances consistent with ``ref``.
+
+    Parameters
+    ----------
+    src : xarray.DataArray
+        High-resolution source (band, y, x) with a CRS, e.g. Pleiades at 2 m; Dask-backed
+        inputs are streamed, never loaded whole.
+    ref : xarray.DataArray
+        Reference (band, y, x) with a CRS, e.g. Sentinel-2 L2A at 10 m.
+    method : {"linear", "calibnet", "convcalibnet", "bcnet"}
+        The mapping to learn.
+    variance : bool
+        Add a variance head trained with a Gaussian NLL (robust to unmasked clouds).
+    mask : xarray.DataArray, optional
+        Cloud mask on the reference grid (y, x), True or 1 = cloud.
+    bands : mapping or sequence, optional
+        Band pairing ``{src_band: ref_band}`` (or the reference band names in source
+        order); by default bands pair in order and counts must match.
+    scale : float or (float, float), optional
+        DN scale for integer inputs without a ``scale_factor`` attribute: one value for
+        both, or (source, reference).
+    iterations, batch_size : int
+        Training budget and batch size in patches (neural methods).
+    patch_size : int
+        Patch side in reference pixels.
+    test_fraction : float
+        Share of valid patches held out for the metrics.
+    max_patches : int, optional
+        Use at most this many valid patches (after shuffling).
+    seed : int
+        Seed of the split and of training.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    progress : bool
+        Show a progress bar while training.
+
+    Returns
+    -------
+    Harmoniser
+        With ``metrics`` on the test split for the initial source, the linear baseline and
+        the model.
+
+    Raises
+    ------
+    HarmoniseError
+        A subclass naming the problem for any bad input.
+
+    Examples
+    --------
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> model.method, model.factor
+    ('linear', 5)
+    """
+    if method not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
+    src_da = _as_dataarray(src, "the source")
+    ref_da = _as_dataarray(ref, "the reference")
+    src_r = to_reflectance(src_da, scale=src_scale, name="the source")
+    ref_r = to_reflectance(ref_da, scale=ref_scale, name="the reference")
+    src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
+
+    g = _grid.pair_grid(src_r, ref_r)
+    src_a = _grid.align_source(src_r, g)
+    ref_c = ref_r.isel(y=g.ref_rows, x=g.ref_cols)
+    mask_c = _crop_mask(mask, ref_r, g) if mask is not None else None
+    sigmas = _sigmas(ref_names, g.factor)
+    margin = psf.kernel_margin(max(sigmas), g.factor, extra=_BCNET_EXTRA)
+    ring = math.ceil(margin / g.factor)
+
+    coarse = sampling.reduce_to_reference(src_a, ref_c, mask_c, factor=g.factor, sigmas=sigmas)
+    index = sampling.patch_validity(coarse, patch_size=patch_size, ring=ring)
+    train_cells, test_cells = sampling.split_patches(
+        index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
+    )
+    train = sampling.gather(index, train_cells, coarse=coarse)
+    test = sampling.gather(index, test_cells, coarse=coarse)
+
+    linear = fit_linear(train.src, train.ref, axis=1)
+    evaluate = test if len(test_cells) else train
+    predictions: dict[str, np.ndarray] = {
+        "initial": evaluate.src,
+        "linear": apply_linear(linear, evaluate.src, axis=1),
+    }
+    history: dict[str, Any] = {}
+    net = None
+    if method == "linear":
+        predictions["model"] = predictions["linear"]
+    else:
+        raise NotImplementedError(f"method {method!r} is not available yet")
+
+    target = np.moveaxis(evaluate.ref, 1, 0)
+    table = metric_table(
+        target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, ref_names
+    )
+    counts = dict(index.counts, train=len(train_cells), test=len(test_cells))
+    return Harmoniser(
+        method=method,
+        src_bands=src_names,
+        ref_bands=ref_names,
+        factor=g.factor,
+        sigmas=sigmas,
+        src_scale=float(src_scale if src_scale is not None
+                        else src_da.attrs.get("scale_factor", 1.0)),
+        src_offset=float(src_da.attrs.get("add_offset", 0.0)),
+        linear=linear,
+        metrics=table,
+        history=history,
+        grid=g.to_json(),
+        patches=counts,
+        variance=variance,
+        net=net,
+    )
+
+
+def predict(
+    src: xr.DataArray | xr.Dataset, model: Harmoniser, *, variance: bool = True
+) -> xr.Dataset:
+    """Apply a fitted mapping to ``src`` pixel by pixel, at its own resolution, lazily.
+
+    Parameters
+    ----------
+    src : xarray.DataArray
+        Source (band, y, x) with the bands the model was trained on.
+    model : Harmoniser
+        From :func:`fit` or :func:`xharmonise.load`.
+    variance : bool
+        Include the ``variance`` variable (models with a variance head only).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``prediction`` (and ``variance``), float32 (band, y, x) on ``src``'s grid and
+        chunks, NaN at no-data, CRS and coordinates kept; band labels are the reference
+        bands. Dask-backed (lazy) when ``src`` is.
+
+    Examples
+    --------
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> predict(pair.src, model)["prediction"].dtype
+    dtype('float32')
+    """
+    src_da = _as_dataarray(src, "the source")
+    names = band_names(src_da)
+    if len(names) != model.n_bands:
+        raise BandMismatchError(
+            f"the model was trained on {model.n_bands} source bands {model.src_bands}, the "
+            f"image has {len(names)} {names}: select them, e.g. src.sel(band={model.src_bands})"
+        )
+    scale = None if "scale_factor" in src_da.attrs else model.src_scale
+    src_r = to_reflectance(src_da, scale=scale, name="the source")
+    out = map_pixels(src_r.data, model)
+    n = model.n_bands
+    coords = {k: v for k, v in src_r.coords.items() if "band" not in v.dims}
+    coords["band"] = list(model.ref_bands)
+    ds = xr.Dataset(
+        {"prediction": (("band", "y", "x"), out[:n])},
+        coords=coords,
+    )
+    if variance and model.variance:
+        ds["variance"] = (("band", "y", "x"), out[n:])
+    ds["prediction"].attrs.update(long_name="harmonised reflectance", units="1")
+    if "variance" in ds:
+        ds["variance"].attrs.update(long_name="predictive variance", units="1")
+    ds.attrs.update(
+        method=model.method,
+        source_bands=list(model.src_bands),
+        reference_bands=list(model.ref_bands),
+        xharmonise_version=version("xharmonise"),
+    )
+    if "spatial_ref" in ds.coords:
+        for name in ds.data_vars:
+            ds[name].attrs["grid_mapping"] = "spatial_ref"
+    return ds
