@@ -22,6 +22,7 @@ of it: :attr:`Truth.mapping` holds that function.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -252,21 +253,27 @@ def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(inside, roofs, refl)
 
 
+def _cloud_noise(seed: int, stream: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return 0.65 * _value_noise(seed, stream, x, y, 240.0) + 0.35 * _value_noise(
+        seed, stream + 100, x, y, 60.0
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _cloud_threshold(fraction: float) -> float:
+    # The noise's distribution is not uniform; its quantile, estimated once on a large
+    # fixed sample, makes `fraction` the expected cloud cover.
+    rng = np.random.default_rng(12345)
+    x, y = rng.uniform(0, 1e6, (2, 200_000))
+    return float(np.quantile(_cloud_noise(0, 0, x, y), 1.0 - fraction))
+
+
 def _cloud_opacity(seed: int, stream: int, x: np.ndarray, y: np.ndarray, fraction: float):
     if fraction <= 0:
         return np.zeros(x.shape)
-    n = 0.65 * _value_noise(seed, stream, x, y, 400.0) + 0.35 * _value_noise(
-        seed, stream + 100, x, y, 90.0
-    )
-    # Smoothed value noise concentrates around 0.5; this threshold gives roughly `fraction`.
-    threshold = 0.5 + 0.25 * math.sqrt(2.0) * _erfinv(1.0 - 2.0 * fraction)
-    return np.clip((n - threshold) / 0.04, 0.0, 1.0)
-
-
-def _erfinv(v: float) -> float:
-    from scipy.special import erfinv
-
-    return float(erfinv(v))
+    n = _cloud_noise(seed, stream, x, y)
+    # Opacity ramps from 0 to 1 just above the threshold: soft cloud edges.
+    return np.clip((n - _cloud_threshold(round(fraction, 6))) / 0.03, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- grids

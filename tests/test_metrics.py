@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from xharmonise import metrics
+
+
+def _random(seed=0, shape=(3, 500)):
+    rng = np.random.default_rng(seed)
+    t = rng.normal(0.2, 0.1, shape)
+    p = t + rng.normal(0.01, 0.03, shape)
+    return t, p
+
+
+def test_rmse_textbook():
+    t, p = _random()
+    expected = [np.sqrt(np.mean([(a - b) ** 2 for a, b in zip(t[i], p[i])])) for i in range(3)]
+    np.testing.assert_allclose(metrics.rmse(t, p), expected)
+
+
+def test_r2_textbook():
+    t, p = _random(1)
+    for i in range(3):
+        ss_res = sum((a - b) ** 2 for a, b in zip(t[i], p[i]))
+        mean = sum(t[i]) / len(t[i])
+        ss_tot = sum((a - mean) ** 2 for a in t[i])
+        assert metrics.r2(t, p)[i] == pytest.approx(1 - ss_res / ss_tot)
+
+
+def test_explained_variance_ignores_bias_but_r2_does_not():
+    t, _ = _random(2)
+    p = t + 0.05
+    np.testing.assert_allclose(metrics.explained_variance(t, p), 1.0)
+    assert (metrics.r2(t, p) < 1.0).all()
+
+
+def test_max_error_textbook():
+    t, p = _random(3)
+    np.testing.assert_allclose(metrics.max_error(t, p), np.abs(t - p).max(axis=1))
+
+
+def test_nan_pixels_are_ignored_per_band():
+    t, p = _random(4)
+    t2, p2 = t.copy(), p.copy()
+    t2[0, :10] = np.nan
+    p2[1, 5] = np.inf
+    assert metrics.rmse(t2, p2)[0] == pytest.approx(metrics.rmse(t[:1, 10:], p[:1, 10:])[0])
+    assert metrics.rmse(t2, p2)[2] == pytest.approx(metrics.rmse(t, p)[2])
+
+
+def test_metric_table_layout():
+    t, p = _random(5, (2, 10, 10))
+    table = metrics.metric_table(t, {"initial": p, "model": t}, ["B4", "B8"])
+    assert table.dims == ("band", "metric", "stage")
+    assert list(table["metric"].values) == ["rmse", "r2", "explained_variance", "max_error"]
+    np.testing.assert_allclose(table.sel(stage="model", metric="rmse"), 0.0)
+    np.testing.assert_allclose(table.sel(stage="initial", metric="rmse"), metrics.rmse(t, p))
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, (2, 20), elements=st.floats(-1, 1)),
+       arrays(np.float64, (2, 20), elements=st.floats(-1, 1)))
+def test_metric_identities(t, p):
+    rmse = metrics.rmse(t, p)
+    assert (rmse >= 0).all()
+    assert (rmse <= metrics.max_error(t, p) + 1e-12).all()
+    np.testing.assert_allclose(metrics.rmse(t, t), 0.0)
