@@ -10,6 +10,7 @@ reference grid: each reference pixel covers exactly ``factor x factor`` source p
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +90,10 @@ def geobox_of(da: xr.DataArray, name: str = "input") -> GeoBox:
     except Exception:  # rioxarray raises on malformed grid mappings; odc may still know
         crs = None
     if crs is None:
-        crs = da.odc.crs
+        with warnings.catch_warnings():
+            # odc-geo warns about a dangling grid_mapping; we raise a clearer error below.
+            warnings.simplefilter("ignore", UserWarning)
+            crs = da.odc.crs
     if crs is None:
         raise MissingCRSError(
             f"{name} has no CRS: set one with da.rio.write_crs('EPSG:…') "

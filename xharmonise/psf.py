@@ -183,8 +183,8 @@ def degrade_array(
         return _degrade_block(padded, kernels, factor)
 
     # Chunks must start on block boundaries so every output sample lands in one chunk.
-    ychunks = _align_chunks(data.chunks[1], factor)
-    xchunks = _align_chunks(data.chunks[2], factor)
+    ychunks = _align_chunks(data.chunks[1], factor, margin)
+    xchunks = _align_chunks(data.chunks[2], factor, margin)
     data = data.astype(dtype).rechunk((nb, ychunks, xchunks))
     out_chunks = ((nb,), tuple(c // factor for c in ychunks), tuple(c // factor for c in xchunks))
     return da.map_overlap(
@@ -202,12 +202,16 @@ def degrade_array(
     )
 
 
-def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
+def _align_chunks(chunks: tuple[int, ...], factor: int, margin: int) -> tuple[int, ...]:
     total = sum(chunks)
-    target = max(factor, (max(chunks) // factor) * factor)
+    target = max(factor, (max(chunks) // factor) * factor, -(-margin // factor) * factor)
     aligned = [target] * (total // target)
-    if total % target:
-        aligned.append(total % target)
+    rest = total % target
+    if rest and aligned and rest < margin:
+        # map_overlap needs every chunk at least as deep as the halo: merge the remainder.
+        aligned[-1] += rest
+    elif rest:
+        aligned.append(rest)
     return tuple(aligned)
 
 

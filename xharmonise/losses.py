@@ -1,0 +1,126 @@
+"""Training losses: relative error for point predictions, Gaussian NLL with a variance head.
+
+Reflectances span an order of magnitude between dark (water, vegetation in the visible)
+and bright (soil, NIR) surfaces; the relative error weights them evenly instead of letting
+bright pixels dominate as a squared error would. With a variance head the network is
+trained by the heteroscedastic Gaussian negative log-likelihood (Nix & Weigend 1994).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["LossFn", "gaussian_nll", "loss_function", "model_loss", "relative_error"]
+
+#: Loss signature shared by both criteria: ``loss(pred, var, target) -> scalar``.
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+
+
+def relative_error(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean relative absolute error ``mean(|t - p| / (|t| + eps))``.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Predictions and reference values, same shape.
+    eps : float, default 1e-3
+        Keeps the ratio finite for (near-)zero reflectances.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(float(relative_error(torch.tensor([1.1]), torch.tensor([1.0]), eps=0.0)), 6)
+    0.1
+    """
+    return ((target - pred).abs() / (target.abs() + eps)).mean()
+
+
+def gaussian_nll(pred: torch.Tensor, var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood ``mean((t - p)² / (2σ²) + ½ ln σ²)``.
+
+    The constant ``½ ln 2π`` is left out: it changes neither gradients nor comparisons.
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        Predicted means.
+    var : torch.Tensor
+        Predicted variances σ² > 0, same shape.
+    target : torch.Tensor
+        Reference values, same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(gaussian_nll(torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)))
+    2.0
+    """
+    return ((target - pred).square() / (2.0 * var) + 0.5 * torch.log(var)).mean()
+
+
+def _relative_error_loss(
+    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
+) -> torch.Tensor:
+    return relative_error(pred, target)
+
+
+def _nll_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+    if var is None:
+        raise ValueError("the Gaussian NLL needs a variance; build the model with variance=True")
+    return gaussian_nll(pred, var, target)
+
+
+def loss_function(variance: bool) -> LossFn:
+    """The training criterion for a model with or without a variance head.
+
+    Parameters
+    ----------
+    variance : bool
+        Whether the model predicts σ².
+
+    Returns
+    -------
+    LossFn
+        ``loss(pred, var, target)``: relative error without variance (``var`` ignored),
+        Gaussian NLL with it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = loss_function(False)
+    >>> float(loss(torch.ones(2), None, torch.ones(2)))
+    0.0
+    """
+    return _nll_loss if variance else _relative_error_loss
+
+
+def model_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+    """Loss of a model output ``(pred, var)``: NLL when ``var`` is given, else relative error.
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        Predictions.
+    var : torch.Tensor or None
+        Predicted variances, or None.
+    target : torch.Tensor
+        Reference values.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+    """
+    return loss_function(var is not None)(pred, var, target)
