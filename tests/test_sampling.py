@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from conftest import chunks_for
+from xharmonise import grid, psf, sampling
+from xharmonise.errors import NoValidPatchesError
+from xharmonise.scaling import to_reflectance
+from xharmonise.simulate import simulate_pair
+
+SIGMAS = [psf.sigma_from_mtf(psf.S2_MTF[b], 10, 2) for b in ("B2", "B3", "B4", "B8")]
+
+
+def _prepare(pair, patch_size=16, ring=2):
+    src = to_reflectance(pair.src)
+    ref = to_reflectance(pair.ref)
+    g = grid.pair_grid(src, ref)
+    aligned = grid.align_source(src, g)
+    ref_c = ref.isel(y=g.ref_rows, x=g.ref_cols)
+    mask = pair.mask.isel(y=g.ref_rows, x=g.ref_cols)
+    coarse = sampling.reduce_to_reference(aligned, ref_c, mask, factor=5, sigmas=SIGMAS)
+    index = sampling.patch_validity(coarse, patch_size=patch_size, ring=ring)
+    return g, aligned, coarse, index
+
+
+@pytest.fixture(scope="module")
+def cloudy_pair():
+    return simulate_pair(
+        (800, 800), seed=11, src_clouds=0.0, ref_clouds=0.25, nodata_border=40
+    )
+
+
+def test_no_sampled_patch_has_nodata_or_cloud(backend):
+    pair = simulate_pair(
+        (800, 800), seed=11, ref_clouds=0.25, nodata_border=40, chunks=chunks_for(backend)
+    )
+    g, aligned, coarse, index = _prepare(pair)
+    counts = index.counts
+    assert counts["valid"] > 5 and counts["nodata"] > 0 and counts["cloudy"] > 0
+    train, test = sampling.split_patches(index, seed=0)
+    cells = np.concatenate([train, test])
+    assert len(cells) == counts["valid"]
+    truth_mask = pair.truth.ref_clouds.isel(y=g.ref_rows, x=g.ref_cols).values
+    patches = sampling.gather(index, cells, coarse=coarse, src=aligned, factor=5, margin=8)
+    assert np.isfinite(patches.src).all() and np.isfinite(patches.ref).all()
+    assert np.isfinite(patches.src_full).all()
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+    for r, c in zip(r0, c0):
+        assert not truth_mask[r : r + 16, c : c + 16].any()
+    # Every rejected-for-cloud patch really holds cloud.
+    for r, c in np.argwhere(index.cloudy):
+        (rr,), (cc,) = index.origin(np.array([r]), np.array([c]))
+        assert truth_mask[rr : rr + 16, cc : cc + 16].any()
+
+
+def test_numpy_and_dask_give_identical_samples(cloudy_pair):
+    lazy = simulate_pair((800, 800), seed=11, ref_clouds=0.25, nodata_border=40, chunks=131)
+    _, _, c1, i1 = _prepare(cloudy_pair)
+    _, _, c2, i2 = _prepare(lazy)
+    np.testing.assert_array_equal(i1.valid, i2.valid)
+    np.testing.assert_array_equal(c1.src, c2.src)
+    np.testing.assert_array_equal(c1.ref, c2.ref)
+
+
+def test_split_is_reproducible_and_seeded(cloudy_pair):
+    _, _, _, index = _prepare(cloudy_pair)
+    a_train, a_test = sampling.split_patches(index, seed=3)
+    b_train, b_test = sampling.split_patches(index, seed=3)
+    c_train, _ = sampling.split_patches(index, seed=4)
+    np.testing.assert_array_equal(a_train, b_train)
+    np.testing.assert_array_equal(a_test, b_test)
+    assert not np.array_equal(a_train, c_train)
+    n = index.counts["valid"]
+    assert len(a_test) == max(1, round(0.1 * n)) and len(a_train) + len(a_test) == n
+    assert not {tuple(x) for x in a_train} & {tuple(x) for x in a_test}
+
+
+def test_full_resolution_patches_match_the_coarse_ones(cloudy_pair):
+    _, aligned, coarse, index = _prepare(cloudy_pair)
+    cells, _ = sampling.split_patches(index, seed=0, max_patches=4)
+    margin = 10  # the whole validated ring: degrade_array wants multiples of the factor
+    p = sampling.gather(index, cells, coarse=coarse, src=aligned, factor=5, margin=margin)
+    assert p.src_full.shape == (len(cells), 4, 16 * 5 + 2 * margin, 16 * 5 + 2 * margin)
+    # Degrading the full-resolution patch (with its margin) gives back the coarse patch.
+    for k in range(len(cells)):
+        full = psf.degrade_array(p.src_full[k].astype(np.float64), SIGMAS, 5)
+        np.testing.assert_allclose(full[:, 2:18, 2:18], p.src[k], rtol=1e-5)
+
+
+def test_all_cloudy_raises_with_counts():
+    pair = simulate_pair((400, 400), seed=2)
+    src, ref = to_reflectance(pair.src), to_reflectance(pair.ref)
+    g = grid.pair_grid(src, ref)
+    aligned = grid.align_source(src, g)
+    ref_c = ref.isel(y=g.ref_rows, x=g.ref_cols)
+    cloud = ref_c.isel(band=0) > -1  # everything flagged
+    coarse = sampling.reduce_to_reference(aligned, ref_c, cloud, factor=5, sigmas=SIGMAS)
+    with pytest.raises(NoValidPatchesError, match="hold cloud") as err:
+        sampling.patch_validity(coarse, patch_size=16)
+    assert err.value.total > 0 and err.value.cloudy == err.value.total
+
+
+def test_overlap_smaller_than_a_patch():
+    ok = np.ones((20, 20), bool)
+    coarse = sampling.Coarse(ok, ok, None, np.zeros((1, 20, 20)), np.zeros((1, 20, 20)))
+    with pytest.raises(NoValidPatchesError, match="smaller than one patch"):
+        sampling.patch_validity(coarse, patch_size=32)
