@@ -1,0 +1,145 @@
+import hashlib
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import xharmonise
+from xharmonise.errors import BandMismatchError, GridError, UnknownMethodError
+from xharmonise.simulate import simulate_pair
+
+
+@pytest.fixture(scope="module")
+def toc_models(toc_pair, toc_pair_dask):
+    return (
+        xharmonise.fit(toc_pair.src, toc_pair.ref, method="linear", seed=1),
+        xharmonise.fit(toc_pair_dask.src, toc_pair_dask.ref, method="linear", seed=1),
+    )
+
+
+def test_linear_halves_rmse_on_every_band(toc_models):
+    model, _ = toc_models
+    rmse = model.metrics.sel(metric="rmse")
+    assert (rmse.sel(stage="linear") <= 0.5 * rmse.sel(stage="initial")).all()
+    r2 = model.metrics.sel(metric="r2", stage="linear")
+    assert (r2 > 0.95).all()
+
+
+def test_linear_coefficients_approach_true_mapping(toc_models, toc_pair):
+    model, _ = toc_models
+    # Residual error: S2 noise (0.002) and PHR noise over ~100k pixels.
+    np.testing.assert_allclose(model.linear[:, :4], toc_pair.truth.mapping[:, :4], atol=0.05)
+    np.testing.assert_allclose(model.linear[:, 4], toc_pair.truth.mapping[:, 4], atol=0.01)
+
+
+def test_numpy_and_dask_fits_agree(toc_models):
+    eager, lazy = toc_models
+    np.testing.assert_allclose(eager.linear, lazy.linear, rtol=1e-6, atol=1e-9)
+    xr.testing.assert_allclose(eager.metrics, lazy.metrics)
+    assert eager.patches == lazy.patches
+
+
+def test_predict_is_lazy_and_matches_eager(toc_models, toc_pair, toc_pair_dask):
+    model, _ = toc_models
+    lazy = xharmonise.predict(toc_pair_dask.src, model)
+    assert isinstance(lazy["prediction"].data, da.Array)
+    assert lazy["prediction"].chunks[1:] == toc_pair_dask.src.chunks[1:]
+    eager = xharmonise.predict(toc_pair.src, model)
+    assert isinstance(eager["prediction"].data, np.ndarray)
+    np.testing.assert_array_equal(lazy["prediction"].values, eager["prediction"].values)
+    assert eager["prediction"].dtype == np.float32
+
+
+def test_prediction_matches_truth_at_full_resolution(toc_models, toc_pair):
+    model, _ = toc_models
+    pred = xharmonise.predict(toc_pair.src, model)["prediction"].values
+    truth = toc_pair.truth.reflectance.values
+    before = np.sqrt(np.nanmean((toc_pair.src.values - truth) ** 2, axis=(1, 2)))
+    after = np.sqrt(np.nanmean((pred - truth) ** 2, axis=(1, 2)))
+    # What remains is the 2 m source noise (0.003) amplified by the inverse band mixing;
+    # green starts closest to the truth, so it gains least.
+    assert (after < 0.006).all() and (after < 0.7 * before).all()
+    assert after.mean() < 0.5 * before.mean()
+
+
+def test_predict_keeps_grid_crs_and_nodata(backend):
+    pair = simulate_pair((400, 400), seed=4, nodata_border=30,
+                         chunks=None if backend == "numpy" else 128)
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    out = xharmonise.predict(pair.src, model)
+    assert out.rio.crs == pair.src.rio.crs
+    np.testing.assert_array_equal(out["x"].values, pair.src["x"].values)
+    np.testing.assert_array_equal(out["y"].values, pair.src["y"].values)
+    assert list(out["band"].values) == ["B2", "B3", "B4", "B8"]
+    nodata = np.isnan(pair.src.values).any(axis=0)
+    pred = out["prediction"].values
+    assert np.isnan(pred[:, nodata]).all() and np.isfinite(pred[:, ~nodata]).all()
+    assert out.attrs["method"] == "linear"
+
+
+def test_accessor_forwards(toc_pair, toc_models):
+    model, _ = toc_models
+    via = toc_pair.src.harmonise.fit(toc_pair.ref, method="linear", seed=1)
+    np.testing.assert_array_equal(via.linear, model.linear)
+    xr.testing.assert_identical(
+        toc_pair.src.harmonise.predict(model), xharmonise.predict(toc_pair.src, model)
+    )
+    ds = toc_pair.src.to_dataset(name="phr")
+    xr.testing.assert_identical(ds.harmonise.predict(model), xharmonise.predict(ds, model))
+
+
+def test_integer_inputs_are_scaled(toc_pair):
+    dn = simulate_pair((600, 600), seed=3, dtype="uint16")
+    flt = simulate_pair((600, 600), seed=3)
+    a = xharmonise.fit(dn.src, dn.ref, method="linear")
+    b = xharmonise.fit(flt.src, flt.ref, method="linear")
+    np.testing.assert_allclose(a.linear, b.linear, atol=2e-3)
+    pa = xharmonise.predict(dn.src, a)["prediction"].values
+    pb = xharmonise.predict(flt.src, b)["prediction"].values
+    np.testing.assert_allclose(pa, pb, atol=2e-3)
+
+
+def test_three_bands_and_band_mapping():
+    pair = simulate_pair((500, 500), seed=2)
+    model = xharmonise.fit(
+        pair.src, pair.ref, method="linear", bands={"B0": "B2", "B1": "B3", "B2": "B4"}
+    )
+    assert model.src_bands == ["B0", "B1", "B2"] and model.ref_bands == ["B2", "B3", "B4"]
+    out = xharmonise.predict(pair.src.sel(band=["B0", "B1", "B2"]), model)
+    assert out["prediction"].shape == (3, 500, 500)
+    with pytest.raises(BandMismatchError, match="trained on 3"):
+        xharmonise.predict(pair.src, model)
+
+
+def test_masked_clouds_are_excluded(backend):
+    pair = simulate_pair((800, 800), seed=8, ref_clouds=0.3,
+                         chunks=None if backend == "numpy" else 200)
+    blind = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    masked = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16, mask=pair.mask)
+    truth = simulate_pair((800, 800), seed=8).truth.mapping
+    err_blind = np.abs(blind.linear - truth).max()
+    err_masked = np.abs(masked.linear - truth).max()
+    assert err_masked < 0.1 < err_blind
+    assert masked.patches["cloudy"] > 0
+
+
+def test_inputs_are_not_modified(toc_pair):
+    before = {k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest()
+              for k in ("src", "ref")}
+    attrs = dict(toc_pair.src.attrs)
+    model = xharmonise.fit(toc_pair.src, toc_pair.ref, method="linear")
+    xharmonise.predict(toc_pair.src, model)
+    after = {k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest()
+             for k in ("src", "ref")}
+    assert before == after and attrs == toc_pair.src.attrs
+
+
+def test_bad_method_and_mask_grid(toc_pair):
+    with pytest.raises(UnknownMethodError, match="linear, calibnet"):
+        xharmonise.fit(toc_pair.src, toc_pair.ref, method="magic")
+    with pytest.raises(GridError, match="mask is not on the reference grid"):
+        xharmonise.fit(toc_pair.src, toc_pair.ref, method="linear",
+                       mask=toc_pair.mask.isel(x=slice(1, None)))
+    with pytest.raises(BandMismatchError, match="bands="):
+        xharmonise.fit(toc_pair.src.isel(band=[0, 1]), toc_pair.ref, method="linear")
