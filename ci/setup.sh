@@ -10,8 +10,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.xharmonise-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ci/setup.sh -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet "torch==2.13.0"
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+    log=.venv/setup.log
+    echo "setting up .venv (log: $log)"
+    {
+        .venv/bin/python -m pip install --upgrade pip &&
+        .venv/bin/python -m pip install "torch==2.13.0" &&
+        .venv/bin/python -m pip install -e ".[test]"
+    } >"$log" 2>&1 || { tail -n 40 "$log"; echo "set-up failed: see $log" >&2; exit 1; }
     touch "$stamp"
 fi
