@@ -64,8 +64,9 @@ def test_prediction_matches_truth_at_full_resolution(toc_models, toc_pair):
 
 
 def test_predict_keeps_grid_crs_and_nodata(backend):
-    pair = simulate_pair((400, 400), seed=4, nodata_border=30,
-                         chunks=None if backend == "numpy" else 128)
+    pair = simulate_pair(
+        (400, 400), seed=4, nodata_border=30, chunks=None if backend == "numpy" else 128
+    )
     model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
     out = xharmonise.predict(pair.src, model)
     assert out.rio.crs == pair.src.rio.crs
@@ -113,8 +114,9 @@ def test_three_bands_and_band_mapping():
 
 
 def test_masked_clouds_are_excluded(backend):
-    pair = simulate_pair((800, 800), seed=8, ref_clouds=0.3,
-                         chunks=None if backend == "numpy" else 200)
+    pair = simulate_pair(
+        (800, 800), seed=8, ref_clouds=0.3, chunks=None if backend == "numpy" else 200
+    )
     blind = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
     masked = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16, mask=pair.mask)
     truth = simulate_pair((800, 800), seed=8).truth.mapping
@@ -125,13 +127,15 @@ def test_masked_clouds_are_excluded(backend):
 
 
 def test_inputs_are_not_modified(toc_pair):
-    before = {k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest()
-              for k in ("src", "ref")}
+    before = {
+        k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest() for k in ("src", "ref")
+    }
     attrs = dict(toc_pair.src.attrs)
     model = xharmonise.fit(toc_pair.src, toc_pair.ref, method="linear")
     xharmonise.predict(toc_pair.src, model)
-    after = {k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest()
-             for k in ("src", "ref")}
+    after = {
+        k: hashlib.sha256(getattr(toc_pair, k).values.tobytes()).hexdigest() for k in ("src", "ref")
+    }
     assert before == after and attrs == toc_pair.src.attrs
 
 
@@ -139,7 +143,8 @@ def test_bad_method_and_mask_grid(toc_pair):
     with pytest.raises(UnknownMethodError, match="linear, calibnet"):
         xharmonise.fit(toc_pair.src, toc_pair.ref, method="magic")
     with pytest.raises(GridError, match="mask is not on the reference grid"):
-        xharmonise.fit(toc_pair.src, toc_pair.ref, method="linear",
-                       mask=toc_pair.mask.isel(x=slice(1, None)))
+        xharmonise.fit(
+            toc_pair.src, toc_pair.ref, method="linear", mask=toc_pair.mask.isel(x=slice(1, None))
+        )
     with pytest.raises(BandMismatchError, match="bands="):
         xharmonise.fit(toc_pair.src.isel(band=[0, 1]), toc_pair.ref, method="linear")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401
+from conftest import chunks_for
 from rasterio.enums import Resampling
 
-from conftest import chunks_for
 from xharmonise import grid
 from xharmonise.errors import GridError, MissingCRSError, NoOverlapError
 from xharmonise.scaling import to_reflectance

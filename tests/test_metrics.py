@@ -16,14 +16,17 @@ def _random(seed=0, shape=(3, 500)):
 
 def test_rmse_textbook():
     t, p = _random()
-    expected = [np.sqrt(np.mean([(a - b) ** 2 for a, b in zip(t[i], p[i])])) for i in range(3)]
+    expected = [
+        np.sqrt(np.mean([(a - b) ** 2 for a, b in zip(t[i], p[i], strict=True)]))
+        for i in range(3)
+    ]
     np.testing.assert_allclose(metrics.rmse(t, p), expected)
 
 
 def test_r2_textbook():
     t, p = _random(1)
     for i in range(3):
-        ss_res = sum((a - b) ** 2 for a, b in zip(t[i], p[i]))
+        ss_res = sum((a - b) ** 2 for a, b in zip(t[i], p[i], strict=True))
         mean = sum(t[i]) / len(t[i])
         ss_tot = sum((a - mean) ** 2 for a in t[i])
         assert metrics.r2(t, p)[i] == pytest.approx(1 - ss_res / ss_tot)
@@ -60,8 +63,10 @@ def test_metric_table_layout():
 
 
 @settings(max_examples=50, deadline=None)
-@given(arrays(np.float64, (2, 20), elements=st.floats(-1, 1)),
-       arrays(np.float64, (2, 20), elements=st.floats(-1, 1)))
+@given(
+    arrays(np.float64, (2, 20), elements=st.floats(-1, 1)),
+    arrays(np.float64, (2, 20), elements=st.floats(-1, 1)),
+)
 def test_metric_identities(t, p):
     rmse = metrics.rmse(t, p)
     assert (rmse >= 0).all()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import chunks_for
+
 from xharmonise import grid, psf, sampling
 from xharmonise.errors import NoValidPatchesError
 from xharmonise.scaling import to_reflectance
@@ -24,9 +24,7 @@ def _prepare(pair, patch_size=16, ring=2):
 
 @pytest.fixture(scope="module")
 def cloudy_pair():
-    return simulate_pair(
-        (800, 800), seed=11, src_clouds=0.0, ref_clouds=0.25, nodata_border=40
-    )
+    return simulate_pair((800, 800), seed=11, src_clouds=0.0, ref_clouds=0.25, nodata_border=40)
 
 
 def test_no_sampled_patch_has_nodata_or_cloud(backend):
@@ -44,7 +42,7 @@ def test_no_sampled_patch_has_nodata_or_cloud(backend):
     assert np.isfinite(patches.src).all() and np.isfinite(patches.ref).all()
     assert np.isfinite(patches.src_full).all()
     r0, c0 = index.origin(cells[:, 0], cells[:, 1])
-    for r, c in zip(r0, c0):
+    for r, c in zip(r0, c0, strict=True):
         assert not truth_mask[r : r + 16, c : c + 16].any()
     # Every rejected-for-cloud patch really holds cloud.
     for r, c in np.argwhere(index.cloudy):

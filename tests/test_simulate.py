@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import rioxarray
 import xarray as xr
-
 from conftest import chunks_for
+
 from xharmonise.scaling import to_reflectance
 from xharmonise.simulate import simulate_pair
 
@@ -76,7 +76,11 @@ def test_reference_is_mtf_blurred_truth():
 
 def test_clouds_and_nodata(backend):
     pair = simulate_pair(
-        (400, 400), seed=6, src_clouds=0.2, ref_clouds=0.2, nodata_border=20,
+        (400, 400),
+        seed=6,
+        src_clouds=0.2,
+        ref_clouds=0.2,
+        nodata_border=20,
         chunks=chunks_for(backend),
     )
     mask = pair.mask.values

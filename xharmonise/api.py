@@ -57,9 +57,18 @@ def _pair_bands(
                 "say which bands pair up"
             )
         return src, ref, src_names, ref_names
-    pairs = list(bands.items()) if isinstance(bands, Mapping) else list(zip(src_names, bands))
-    unknown = [s for s, _ in pairs if s not in src_names] + [r for _, r in pairs
-                                                             if r not in ref_names]
+    if isinstance(bands, Mapping):
+        pairs = list(bands.items())
+    elif len(bands) == len(src_names):
+        pairs = list(zip(src_names, bands, strict=True))
+    else:
+        raise BandMismatchError(
+            f"bands= lists {len(bands)} reference bands for {len(src_names)} source bands "
+            f"{src_names}: give one per source band, or a {{src_band: ref_band}} mapping"
+        )
+    unknown = [s for s, _ in pairs if s not in src_names] + [
+        r for _, r in pairs if r not in ref_names
+    ]
     if unknown:
         raise BandMismatchError(
             f"unknown band names {unknown} in bands=: the source has {src_names} and the "
@@ -220,8 +229,9 @@ def fit(
         ref_bands=ref_names,
         factor=g.factor,
         sigmas=sigmas,
-        src_scale=float(src_scale if src_scale is not None
-                        else src_da.attrs.get("scale_factor", 1.0)),
+        src_scale=float(
+            src_scale if src_scale is not None else src_da.attrs.get("scale_factor", 1.0)
+        ),
         src_offset=float(src_da.attrs.get("add_offset", 0.0)),
         linear=linear,
         metrics=table,

@@ -20,8 +20,7 @@ from xharmonise.simulate import simulate_pair
 def _markdown_table(model: xharmonise.Harmoniser) -> str:
     table = model.metrics
     stages = list(table["stage"].values)
-    lines = ["| band | metric | " + " | ".join(stages) + " |",
-             "|---|---|" + "---|" * len(stages)]
+    lines = ["| band | metric | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
     for band in table["band"].values:
         for metric in table["metric"].values:
             values = table.sel(band=band, metric=metric).values
@@ -42,11 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pair = simulate_pair(
-        (args.size, args.size), seed=args.seed, ref_clouds=0.1, nodata_border=40,
-        src_offset=(0.0, 0.0), chunks=512,
+        (args.size, args.size),
+        seed=args.seed,
+        ref_clouds=0.1,
+        nodata_border=40,
+        src_offset=(0.0, 0.0),
+        chunks=512,
     )
-    print(f"simulated a {args.size} x {args.size} px source (2 m) and a "
-          f"{pair.ref.shape[1]} x {pair.ref.shape[2]} px reference (10 m), lazily")
+    print(
+        f"simulated a {args.size} x {args.size} px source (2 m) and a "
+        f"{pair.ref.shape[1]} x {pair.ref.shape[2]} px reference (10 m), lazily"
+    )
     model = pair.src.harmonise.fit(pair.ref, method=args.method, mask=pair.mask, seed=args.seed)
     t_fit = time.perf_counter() - t0
     print(model)

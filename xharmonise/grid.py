@@ -235,8 +235,10 @@ def _integer_offset(src_gb: GeoBox, target: GeoBox) -> tuple[int, int] | None:
     if src_gb.crs != target.crs:
         return None
     a, b = src_gb.affine, target.affine
-    if not all(math.isclose(p, q, rel_tol=1e-9) for p, q in zip((a.a, a.b, a.d, a.e),
-                                                                (b.a, b.b, b.d, b.e))):
+    if not all(
+        math.isclose(p, q, rel_tol=1e-9)
+        for p, q in zip((a.a, a.b, a.d, a.e), (b.a, b.b, b.d, b.e), strict=True)
+    ):
         return None
     col, row = ~a @ (b.c, b.f)
     if abs(col - round(col)) > _PIXEL_TOL or abs(row - round(row)) > _PIXEL_TOL:

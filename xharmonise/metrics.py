@@ -105,7 +105,10 @@ def metric_table(
     """
     stages = list(predictions)
     values = np.stack(
-        [np.stack([fn(target, predictions[s]) for s in stages], axis=-1) for fn in METRICS.values()],
+        [
+            np.stack([fn(target, predictions[s]) for s in stages], axis=-1)
+            for fn in METRICS.values()
+        ],
         axis=1,
     )
     return xr.DataArray(

@@ -215,9 +215,7 @@ def _align_chunks(chunks: tuple[int, ...], factor: int, margin: int) -> tuple[in
     return tuple(aligned)
 
 
-def degrade(
-    src: xr.DataArray, sigmas: Sequence[float], factor: int
-) -> xr.DataArray:
+def degrade(src: xr.DataArray, sigmas: Sequence[float], factor: int) -> xr.DataArray:
     """Degrade a georeferenced (band, y, x) DataArray to the reference resolution.
 
     Parameters

@@ -92,9 +92,7 @@ def _patch_any(bad: np.ndarray, size: int, ring: int, grow: int) -> np.ndarray:
     r1 = np.clip(ring + (np.arange(rows) + 1) * size + grow, 0, ny)
     c0 = np.clip(ring + np.arange(cols) * size - grow, 0, nx)
     c1 = np.clip(ring + (np.arange(cols) + 1) * size + grow, 0, nx)
-    total = (
-        integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
-    )
+    total = integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
     return total > 0
 
 
@@ -155,8 +153,9 @@ def reduce_to_reference(
     src_ok = _block_all_finite(src, factor)
     coarse = psf.degrade_array(src.data, sigmas, factor)
     ref_data = ref.data
-    ref_ok = (da.isfinite(ref_data) if isinstance(ref_data, da.Array)
-              else np.isfinite(ref_data)).all(axis=0)
+    ref_ok = (
+        da.isfinite(ref_data) if isinstance(ref_data, da.Array) else np.isfinite(ref_data)
+    ).all(axis=0)
     cloud = None
     if mask is not None:
         m = mask.data
@@ -320,12 +319,17 @@ def gather(
             raise ValueError(f"margin {margin} exceeds the validated ring of {index.ring}")
         size = p * factor + 2 * margin
         windows = [
-            src.data[:, r * factor - margin : r * factor - margin + size,
-                     c * factor - margin : c * factor - margin + size]
+            src.data[
+                :,
+                r * factor - margin : r * factor - margin + size,
+                c * factor - margin : c * factor - margin + size,
+            ]
             for r, c in zip(r0, c0, strict=True)
         ]
         computed = dask.compute(*windows) if windows else []
-        full = np.stack(computed).astype(np.float32) if windows else np.empty(
-            (0, src.sizes["band"], size, size), np.float32
+        full = (
+            np.stack(computed).astype(np.float32)
+            if windows
+            else np.empty((0, src.sizes["band"], size, size), np.float32)
         )
     return Patches(src=cut(coarse.src), ref=cut(coarse.ref), src_full=full)

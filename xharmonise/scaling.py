@@ -60,7 +60,11 @@ def _nodata_of(da: xr.DataArray) -> float | None:
 
 
 def to_reflectance(
-    da: xr.DataArray, *, scale: float | None = None, offset: float | None = None, name: str = "input"
+    da: xr.DataArray,
+    *,
+    scale: float | None = None,
+    offset: float | None = None,
+    name: str = "input",
 ) -> xr.DataArray:
     """Float32 reflectance with NaN at no-data, lazily for Dask inputs.
 
@@ -112,8 +116,11 @@ def to_reflectance(
     if nodata is not None and not np.isnan(nodata):
         values = values.where(values != nodata)
     out = (values.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
-    out.attrs = {k: v for k, v in da.attrs.items()
-                 if k not in ("scale_factor", "add_offset", "_FillValue", "nodata")}
+    out.attrs = {
+        k: v
+        for k, v in da.attrs.items()
+        if k not in ("scale_factor", "add_offset", "_FillValue", "nodata")
+    }
     out.encoding = {}
     if "spatial_ref" in da.coords:
         out = out.assign_coords(spatial_ref=da["spatial_ref"])

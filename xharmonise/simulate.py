@@ -228,8 +228,9 @@ def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     # Roads: one per 250 m band in each direction of a rotated frame, 6-10 m wide.
     theta = 0.35
-    for stream_key, (c, s) in enumerate(((math.cos(theta), math.sin(theta)),
-                                         (-math.sin(theta), math.cos(theta)))):
+    for stream_key, (c, s) in enumerate(
+        ((math.cos(theta), math.sin(theta)), (-math.sin(theta), math.cos(theta)))
+    ):
         u_ = x * c + y * s
         cell = np.floor(u_ / 250.0).astype(np.int64)
         centre = (cell + 0.2 + 0.6 * _uniform(seed, _S_ROAD, cell, stream_key)) * 250.0
@@ -298,9 +299,7 @@ class _Grid:
         }
 
 
-def _lazy_field(
-    grid: _Grid, nbands: int, chunks: int | None, fn, dtype
-) -> np.ndarray | da.Array:
+def _lazy_field(grid: _Grid, nbands: int, chunks: int | None, fn, dtype) -> np.ndarray | da.Array:
     """Evaluate ``fn(rows, cols) -> (nbands, h, w)`` over a grid, lazily if chunked."""
     if chunks is None:
         return fn(slice(0, grid.shape[0]), slice(0, grid.shape[1])).astype(dtype)
@@ -480,8 +479,14 @@ def simulate_pair(
     pad = factor * math.ceil(psf.kernel_margin(max(sigmas), factor) / factor)
     fine = _Grid(
         ref_crs_,
-        Affine(ref_res / factor, 0, origin[0] - pad * ref_res / factor, 0,
-               -ref_res / factor, origin[1] + pad * ref_res / factor),
+        Affine(
+            ref_res / factor,
+            0,
+            origin[0] - pad * ref_res / factor,
+            0,
+            -ref_res / factor,
+            origin[1] + pad * ref_res / factor,
+        ),
         (rows * factor + 2 * pad, cols * factor + 2 * pad),
     )
 
@@ -517,8 +522,9 @@ def simulate_pair(
             (r0, r1), (c0, c1) = block_info[0]["array-location"][1:]
             return ref_block(slice(r0, r1), slice(c0, c1), values).astype(np.float32)
 
-        ref_data = da.map_blocks(_ref, blurred, dtype=np.float32,
-                                 meta=np.empty((0, 0, 0), np.float32))
+        ref_data = da.map_blocks(
+            _ref, blurred, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
+        )
 
     src_data = _lazy_field(src_grid, nb, chunks, src_block, np.float32)
     truth_data = _lazy_field(src_grid, nb, chunks, truth_block, np.float32)
