@@ -216,7 +216,23 @@ def fit(
     if method == "linear":
         predictions["model"] = predictions["linear"]
     else:
-        raise NotImplementedError(f"method {method!r} is not available yet")
+        net, history, predictions["model"] = _train_network(
+            method,
+            variance=variance,
+            index=index,
+            cells=(train_cells, test_cells),
+            coarse=coarse,
+            aligned=src_a,
+            factor=g.factor,
+            sigmas=sigmas,
+            margin=margin,
+            linear=linear,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
 
     target = np.moveaxis(evaluate.ref, 1, 0)
     table = metric_table(
@@ -241,6 +257,87 @@ def fit(
         variance=variance,
         net=net,
     )
+
+
+def _train_network(
+    method: str,
+    *,
+    variance: bool,
+    index: sampling.PatchIndex,
+    cells: tuple[np.ndarray, np.ndarray],
+    coarse: sampling.Coarse,
+    aligned: xr.DataArray,
+    factor: int,
+    sigmas: list[float],
+    margin: int,
+    linear: np.ndarray,
+    iterations: int | None,
+    batch_size: int,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """Train a neural model; returns it, its history and its test-split prediction."""
+    # torch is imported here only: the linear path and predict's NumPy path never need it.
+    import torch
+
+    from xharmonise.losses import relative_error
+    from xharmonise.models import build_model
+    from xharmonise.training import PatchSet, train
+
+    train_cells, test_cells = cells
+    # Early stopping needs its own held-out patches: the test split only scores the result.
+    n_val = max(1, round(0.1 * len(train_cells))) if len(train_cells) > 1 else 0
+    val_cells, fit_cells = train_cells[:n_val], train_cells[n_val:]
+    full = method == "bcnet"
+
+    def patches(c: np.ndarray) -> tuple[PatchSet, sampling.Patches]:
+        p = sampling.gather(
+            index, c, coarse=coarse, src=aligned if full else None, factor=factor, margin=margin
+        )
+        return PatchSet(src=p.src_full if full else p.src, ref=p.ref), p
+
+    fit_set, _ = patches(fit_cells)
+    val_set, val_p = patches(val_cells if n_val else fit_cells)
+    test_set, _ = patches(test_cells if len(test_cells) else train_cells)
+    reference = float(
+        relative_error(
+            torch.from_numpy(apply_linear(linear, val_p.src, axis=1)),
+            torch.from_numpy(val_p.ref),
+        )
+    )
+    net = build_model(
+        method,
+        fit_set.n_bands,
+        variance=variance,
+        factor=factor,
+        sigmas=sigmas,
+        margin=margin,
+        seed=seed,
+    )
+    result = train(
+        net,
+        fit_set,
+        val_set,
+        iterations=iterations,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        reference_loss=None if variance else reference,
+    )
+    net = net.cpu().eval()
+    with torch.inference_mode():
+        pred, _ = net(torch.from_numpy(test_set.src))
+    history = dict(result.history)
+    history.update(
+        best_iteration=result.best_iteration,
+        iterations_run=result.iterations_run,
+        seconds=result.seconds,
+        device=result.device,
+        linear_val_relative_error=reference,
+    )
+    return net, history, pred.numpy()
 
 
 def predict(
