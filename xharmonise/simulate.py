@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,8 @@ class SimulatedPair:
                 out = out.expand_dims(band=[name])
             out = out.assign_coords(band=np.arange(1, out.sizes["band"] + 1))
             out.attrs.pop("long_name", None)
-            out.rio.to_raster(path, tiled=True)
+            # A lock makes rioxarray stream Dask chunks to the file instead of loading all.
+            out.rio.to_raster(path, tiled=True, lock=threading.Lock(), compress="deflate")
             paths[name] = path
         return paths
 
@@ -299,14 +301,29 @@ class _Grid:
         }
 
 
+# Rows evaluated at once inside a block: bounds the surface model's float64 temporaries
+# (a few dozen arrays the size of the slab) whatever the chunk size.
+_SLAB_PIXELS = 1 << 17
+
+
+def _by_slabs(fn, rows: slice, cols: slice, nbands: int, dtype) -> np.ndarray:
+    width = cols.stop - cols.start
+    step = max(1, _SLAB_PIXELS // max(width, 1))
+    out = np.empty((nbands, rows.stop - rows.start, width), dtype)
+    for r0 in range(rows.start, rows.stop, step):
+        r1 = min(rows.stop, r0 + step)
+        out[:, r0 - rows.start : r1 - rows.start] = fn(slice(r0, r1), cols)
+    return out
+
+
 def _lazy_field(grid: _Grid, nbands: int, chunks: int | None, fn, dtype) -> np.ndarray | da.Array:
     """Evaluate ``fn(rows, cols) -> (nbands, h, w)`` over a grid, lazily if chunked."""
     if chunks is None:
-        return fn(slice(0, grid.shape[0]), slice(0, grid.shape[1])).astype(dtype)
+        return _by_slabs(fn, slice(0, grid.shape[0]), slice(0, grid.shape[1]), nbands, dtype)
 
     def block(_, block_info=None):
         (r0, r1), (c0, c1) = block_info[None]["array-location"][1:]
-        return fn(slice(r0, r1), slice(c0, c1)).astype(dtype)
+        return _by_slabs(fn, slice(r0, r1), slice(c0, c1), nbands, dtype)
 
     template = da.empty((nbands, *grid.shape), chunks=(nbands, chunks, chunks), dtype=dtype)
     return da.map_blocks(block, template, dtype=dtype, meta=np.empty((0, 0, 0), dtype))
@@ -495,7 +512,7 @@ def simulate_pair(
         return _surface(seed, x, y)[idx]
 
     fine_chunks = None if chunks is None else max(factor, chunks // factor * factor)
-    surface = _lazy_field(fine, nb, fine_chunks, fine_block, np.float64)
+    surface = _lazy_field(fine, nb, fine_chunks, fine_block, np.float32)
     blurred = psf.degrade_array(surface, sigmas, factor)
     p = pad // factor
     blurred = blurred[:, p : p + rows, p : p + cols]
