@@ -80,3 +80,17 @@ def test_degrade_dataarray_coordinates_are_block_centres():
     out = psf.degrade(x, [1.0], 5)
     np.testing.assert_allclose(out["x"].values, [5, 15, 25, 35])
     np.testing.assert_allclose(out["y"].values, [95, 85])
+
+
+@pytest.mark.parametrize("chunks", [(4, 40, 35), (4, 100, 150), (4, 200, 150)])
+def test_streamed_contributions_equal_degrade(chunks):
+    x = np.random.default_rng(2).random((4, 200, 150)).astype(np.float32)
+    x[1, 57, 33] = np.nan
+    sigmas = [2.46, 2.55, 2.72, 2.76]
+    expected = psf.degrade_array(x, sigmas, 5)
+    contributions, assemble = psf.degrade_contributions(
+        da.from_array(x, chunks=chunks), sigmas, 5
+    )
+    got = assemble(contributions.compute())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)

@@ -55,7 +55,7 @@ def test_numpy_and_dask_give_identical_samples(cloudy_pair):
     _, _, c1, i1 = _prepare(cloudy_pair)
     _, _, c2, i2 = _prepare(lazy)
     np.testing.assert_array_equal(i1.valid, i2.valid)
-    np.testing.assert_array_equal(c1.src, c2.src)
+    np.testing.assert_allclose(c1.src, c2.src, rtol=1e-5)  # summation order differs
     np.testing.assert_array_equal(c1.ref, c2.ref)
 
 

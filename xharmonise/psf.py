@@ -9,7 +9,7 @@ value per reference pixel) simulates what the reference would have measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -19,6 +19,7 @@ __all__ = [
     "S2_MTF",
     "degrade",
     "degrade_array",
+    "degrade_contributions",
     "gaussian_kernel",
     "kernel_margin",
     "nyquist_response",
@@ -213,6 +214,86 @@ def _align_chunks(chunks: tuple[int, ...], factor: int, margin: int) -> tuple[in
     elif rest:
         aligned.append(rest)
     return tuple(aligned)
+
+
+def degrade_contributions(
+    data: da.Array, sigmas: Sequence[float], factor: int
+) -> tuple[da.Array, Callable[[np.ndarray], np.ndarray]]:
+    """The degradation as independent per-chunk contributions, and how to sum them.
+
+    :func:`degrade_array` on Dask needs each chunk's neighbours (a halo), and Dask then
+    tends to hold many full-resolution chunks at once. Because the blur is linear, each
+    chunk can instead produce, alone, its contribution to every reference pixel whose
+    kernel reaches it (zero outside the chunk, NaN outside the image); summing the small
+    overlapping contributions gives the same result. Memory then stays at a few chunks
+    plus ``1 / factor**2`` of the source.
+
+    Parameters
+    ----------
+    data : dask.array.Array
+        (band, y, x) source, sizes multiples of ``factor``.
+    sigmas : sequence of float
+        Per-band Gaussian sigma, source pixels.
+    factor : int
+        Aggregation factor.
+
+    Returns
+    -------
+    (dask.array.Array, callable)
+        The contributions (one block per chunk, each ``2 * ring`` reference pixels larger
+        than its share), and a function turning their computed value into the
+        (band, y // factor, x // factor) result, equal to :func:`degrade_array`'s up to
+        float rounding.
+    """
+    nb, ny, nx = data.shape
+    if ny % factor or nx % factor:
+        raise ValueError(f"y and x sizes {ny, nx} must be multiples of the factor {factor}")
+    margin = max(kernel_margin(s, factor) for s in sigmas)
+    ring = -(-margin // factor)
+    pad = ring * factor + margin
+    kernels = _kernels_1d(sigmas, factor, margin)
+    dtype = np.result_type(data.dtype, np.float32)
+    ychunks = _align_chunks(data.chunks[1], factor, 0)
+    xchunks = _align_chunks(data.chunks[2], factor, 0)
+    data = data.astype(dtype).rechunk((nb, ychunks, xchunks))
+
+    def contribution(block: np.ndarray, block_info=None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[0]["array-location"][1:]
+        # Zero where a neighbouring chunk will contribute, NaN beyond the image edge.
+        padded = np.zeros((nb, r1 - r0 + 2 * pad, c1 - c0 + 2 * pad), dtype)
+        if r0 == 0:
+            padded[:, :pad] = np.nan
+        if r1 == ny:
+            padded[:, -pad:] = np.nan
+        if c0 == 0:
+            padded[:, :, :pad] = np.nan
+        if c1 == nx:
+            padded[:, :, -pad:] = np.nan
+        padded[:, pad:-pad, pad:-pad] = block
+        return _degrade_block(padded, kernels, factor)
+
+    out_chunks = (
+        (nb,),
+        tuple(c // factor + 2 * ring for c in ychunks),
+        tuple(c // factor + 2 * ring for c in xchunks),
+    )
+    contributions = data.map_blocks(
+        contribution, chunks=out_chunks, dtype=dtype, meta=np.empty((0, 0, 0), dtype)
+    )
+
+    def assemble(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((nb, ny // factor + 2 * ring, nx // factor + 2 * ring), dtype)
+        yo = np.cumsum((0, *out_chunks[1]))
+        xo = np.cumsum((0, *out_chunks[2]))
+        ys = np.cumsum((0, *ychunks)) // factor
+        xs = np.cumsum((0, *xchunks)) // factor
+        for i in range(len(ychunks)):
+            for j in range(len(xchunks)):
+                part = values[:, yo[i] : yo[i + 1], xo[j] : xo[j + 1]]
+                out[:, ys[i] : ys[i] + part.shape[1], xs[j] : xs[j] + part.shape[2]] += part
+        return out[:, ring : out.shape[1] - ring, ring : out.shape[2] - ring]
+
+    return contributions, assemble
 
 
 def degrade(src: xr.DataArray, sigmas: Sequence[float], factor: int) -> xr.DataArray:

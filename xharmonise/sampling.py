@@ -151,7 +151,10 @@ def reduce_to_reference(
         Dask source is streamed chunk by chunk.
     """
     src_ok = _block_all_finite(src, factor)
-    coarse = psf.degrade_array(src.data, sigmas, factor)
+    if isinstance(src.data, da.Array):
+        coarse, assemble = psf.degrade_contributions(src.data, sigmas, factor)
+    else:
+        coarse, assemble = psf.degrade_array(src.data, sigmas, factor), np.asarray
     ref_data = ref.data
     ref_ok = (
         da.isfinite(ref_data) if isinstance(ref_data, da.Array) else np.isfinite(ref_data)
@@ -162,6 +165,7 @@ def reduce_to_reference(
         cloud = (m != 0) if m.dtype != bool else m
     # One compute call so that each source chunk is produced once for all the reductions.
     src_ok, coarse, ref_ok, cloud, ref_data = dask.compute(src_ok, coarse, ref_ok, cloud, ref_data)
+    coarse = assemble(coarse)
     ny, nx = ref_ok.shape
     return Coarse(
         src_ok=np.asarray(src_ok)[:ny, :nx],
