@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 
 from xharmonise.models.calibnet import HIDDEN_UNITS, CalibNet
 from xharmonise.psf import gaussian_kernel
@@ -155,8 +154,13 @@ class BCNet(nn.Module):
                     f"spatial size {size} must be a positive multiple of factor {self.factor} "
                     f"plus 2 * margin ({2 * self.margin})"
                 )
-        weight = self._normalised_kernels().unsqueeze(1).to(x.dtype)
-        return functional.conv2d(x, weight, stride=self.factor, groups=self.n_bands)
+        weight = self._normalised_kernels().to(x.dtype)
+        # A strided window view + einsum equals the grouped strided conv2d, but on the CPU
+        # its weight gradient is ~20x faster than conv2d's depthwise backward for these
+        # large (K ~ 20), sparse (stride 5) kernels; the view itself copies nothing.
+        k = self.kernel_size
+        windows = x.unfold(2, k, self.factor).unfold(3, k, self.factor)
+        return torch.einsum("ncijab,cab->ncij", windows, weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Filter, sample and calibrate a margined full-resolution batch.
