@@ -149,3 +149,36 @@ def test_bad_method_and_mask_grid(toc_pair):
         )
     with pytest.raises(BandMismatchError, match="bands="):
         xharmonise.fit(toc_pair.src.isel(band=[0, 1]), toc_pair.ref, method="linear")
+
+
+@pytest.mark.parametrize("method", ["calibnet", "convcalibnet", "bcnet"])
+def test_neural_methods_fit_and_predict_chunked_equals_unchunked(method):
+    # A wiring test with a tiny budget; model quality is tested with the training loop.
+    pair = simulate_pair((400, 400), seed=6, toa=True, nodata_border=12, chunks=97)
+    model = xharmonise.fit(
+        pair.src,
+        pair.ref,
+        method=method,
+        variance=True,
+        iterations=20,
+        patch_size=16,
+        progress=False,
+    )
+    assert model.method == method and model.net is not None
+    assert {"iteration", "val_loss"} <= set(model.history)
+    assert np.isfinite(model.metrics.sel(stage="model")).all()
+    lazy = xharmonise.predict(pair.src, model)
+    assert isinstance(lazy["prediction"].data, da.Array)
+    eager = xharmonise.predict(pair.src.compute(), model)
+    for name in ("prediction", "variance"):
+        # BLAS kernels may round a pixel's matmul differently with its position in the
+        # batch: chunking changes results by at most a few float32 ulps, never more.
+        np.testing.assert_allclose(lazy[name].values, eager[name].values, rtol=2e-6)
+        np.testing.assert_array_equal(np.isnan(lazy[name].values), np.isnan(eager[name].values))
+    valid = np.isfinite(pair.src.values).all(axis=0)
+    assert (lazy["variance"].values[:, valid] > 0).all()
+    assert np.isnan(lazy["prediction"].values[:, ~valid]).all()
+    # The graph holds the weights once, not once per chunk.
+    graph = dict(lazy["prediction"].data.__dask_graph__())
+    holding = [k for k, v in graph.items() if "'state':" in repr(v)[:100_000]]
+    assert len(holding) == 1, holding

@@ -117,7 +117,7 @@ def fit(
     bands: Mapping[str, str] | Sequence[str] | None = None,
     scale: float | tuple[float | None, float | None] | None = None,
     iterations: int | None = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     patch_size: int = 32,
     test_fraction: float = 0.1,
     max_patches: int | None = None,
@@ -146,8 +146,10 @@ def fit(
     scale : float or (float, float), optional
         DN scale for integer inputs without a ``scale_factor`` attribute: one value for
         both, or (source, reference).
-    iterations, batch_size : int
-        Training budget and batch size in patches (neural methods).
+    iterations, batch_size : int, optional
+        Training budget and batch size in patches (neural methods). By default the paper's
+        recipe on a GPU (5000 iterations of 100 patches) and a CPU budget sized to finish
+        in minutes (see :mod:`xharmonise.training`).
     patch_size : int
         Patch side in reference pixels.
     test_fraction : float
@@ -272,7 +274,7 @@ def _train_network(
     margin: int,
     linear: np.ndarray,
     iterations: int | None,
-    batch_size: int,
+    batch_size: int | None,
     seed: int,
     device: str,
     progress: bool,

@@ -1,23 +1,14 @@
-"""Neural harmonisation models: CalibNet, ConvCalibNet and BCNet, and their factory.
+"""Harmonisation models: the linear baseline and the neural networks of the paper.
 
-Every model maps C source bands to C reference-consistent bands, returns
-``(prediction, variance)`` from ``forward`` (``variance`` is None unless built with
-``variance=True``), carries ``method``, ``n_bands`` and ``variance`` attributes, and can be
-rebuilt from the JSON-able ``net.config()`` with ``build_model(**config)``.
+``linear`` needs only NumPy. The neural models (CalibNet, ConvCalibNet, BCNet, the
+variance head) need torch, which is imported on first use of one of their names, so that
+``import xharmonise``, the linear path and NumPy-only workers never pay for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-from torch import nn
-
-from xharmonise.models.bcnet import BCNet, filter_shift
-from xharmonise.models.calibnet import HIDDEN_UNITS, CalibNet
-from xharmonise.models.convcalibnet import HIDDEN_CHANNELS, ConvCalibNet
-from xharmonise.models.variance import VARIANCE_EPS, positive_variance
-from xharmonise.psf import kernel_margin
+import importlib
+from typing import Any
 
 __all__ = [
     "BCNET_EXTRA_MARGIN",
@@ -31,97 +22,8 @@ __all__ = [
     "positive_variance",
 ]
 
-#: Methods ``build_model`` knows.
-NEURAL_METHODS: tuple[str, ...] = ("calibnet", "convcalibnet", "bcnet")
 
-#: Source pixels added to BCNet's ±3σ kernel support so that its filter can move.
-BCNET_EXTRA_MARGIN: int = 2
-
-
-def build_model(
-    method: str,
-    n_bands: int,
-    *,
-    variance: bool = False,
-    factor: int = 5,
-    sigmas: Sequence[float] | None = None,
-    margin: int | None = None,
-    hidden: int | None = None,
-    seed: int | None = None,
-) -> nn.Module:
-    """Build an untrained harmonisation network.
-
-    Parameters
-    ----------
-    method : {"calibnet", "convcalibnet", "bcnet"}
-        Architecture.
-    n_bands : int
-        Number of bands C (>= 1).
-    variance : bool, default False
-        Add a variance head (forward then returns σ² > 0 as second output).
-    factor : int, default 5
-        Resolution ratio (BCNet only: stride of its filters).
-    sigmas : sequence of float, optional
-        Per-band Gaussian PSF standard deviations in source pixels (required for BCNet).
-    margin : int, optional
-        BCNet filter margin; default ``kernel_margin(max(sigmas), factor,
-        extra=BCNET_EXTRA_MARGIN)``.
-    hidden : int, optional
-        Hidden width (units for CalibNet and BCNet, channels for ConvCalibNet); default
-        is the paper's (320 / 64).
-    seed : int, optional
-        Seed for the weight initialisation, drawn from a forked RNG so the global torch
-        random state is left untouched. Default: the global torch RNG.
-
-    Returns
-    -------
-    torch.nn.Module
-        The model, in training mode.
-
-    Raises
-    ------
-    ValueError
-        Unknown ``method``, or BCNet without ``sigmas``.
-
-    Examples
-    --------
-    >>> net = build_model("bcnet", 3, sigmas=[2.4, 2.5, 2.6])
-    >>> net.margin, net.factor
-    (8, 5)
-    >>> build_model(**net.config()).config() == net.config()
-    True
-    """
-    if seed is None:
-        return _build(method, n_bands, variance, factor, sigmas, margin, hidden)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _build(method, n_bands, variance, factor, sigmas, margin, hidden)
-
-
-def _build(
-    method: str,
-    n_bands: int,
-    variance: bool,
-    factor: int,
-    sigmas: Sequence[float] | None,
-    margin: int | None,
-    hidden: int | None,
-) -> nn.Module:
-    if method == "calibnet":
-        return CalibNet(n_bands, variance=variance, hidden=hidden or HIDDEN_UNITS)
-    if method == "convcalibnet":
-        return ConvCalibNet(n_bands, variance=variance, hidden=hidden or HIDDEN_CHANNELS)
-    if method == "bcnet":
-        if sigmas is None:
-            raise ValueError("bcnet needs the per-band PSF sigmas")
-        if margin is None:
-            margin = kernel_margin(max(sigmas), factor, extra=BCNET_EXTRA_MARGIN)
-        return BCNet(
-            n_bands,
-            sigmas,
-            factor=factor,
-            margin=margin,
-            variance=variance,
-            hidden=hidden or HIDDEN_UNITS,
-        )
-    raise ValueError(f"unknown method {method!r}; known: {', '.join(NEURAL_METHODS)}")
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("xharmonise.models.factory"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
