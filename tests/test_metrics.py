@@ -17,8 +17,7 @@ def _random(seed=0, shape=(3, 500)):
 def test_rmse_textbook():
     t, p = _random()
     expected = [
-        np.sqrt(np.mean([(a - b) ** 2 for a, b in zip(t[i], p[i], strict=True)]))
-        for i in range(3)
+        np.sqrt(np.mean([(a - b) ** 2 for a, b in zip(t[i], p[i], strict=True)])) for i in range(3)
     ]
     np.testing.assert_allclose(metrics.rmse(t, p), expected)
 

@@ -88,9 +88,7 @@ def test_streamed_contributions_equal_degrade(chunks):
     x[1, 57, 33] = np.nan
     sigmas = [2.46, 2.55, 2.72, 2.76]
     expected = psf.degrade_array(x, sigmas, 5)
-    contributions, assemble = psf.degrade_contributions(
-        da.from_array(x, chunks=chunks), sigmas, 5
-    )
+    contributions, assemble = psf.degrade_contributions(da.from_array(x, chunks=chunks), sigmas, 5)
     got = assemble(contributions.compute())
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)
