@@ -14,7 +14,7 @@ from xharmonise.errors import (
     StoreExistsError,
     UnknownMethodError,
 )
-from xharmonise.harmoniser import Harmoniser
+from xharmonise.harmoniser import Harmoniser, load
 from xharmonise.store import to_zarr
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "StoreExistsError",
     "UnknownMethodError",
     "fit",
+    "load",
     "predict",
     "to_zarr",
 ]

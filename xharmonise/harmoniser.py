@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["Harmoniser"]
+from xharmonise.errors import ModelFileError
+
+__all__ = ["Harmoniser", "load"]
+
+_FORMAT = "xharmonise-model/1"
 
 
 @dataclass
@@ -65,6 +74,109 @@ class Harmoniser:
         """Number of paired bands."""
         return len(self.ref_bands)
 
+    @property
+    def src_pixel_size(self) -> float:
+        """Pixel size of the training grid (reference pixel / factor), CRS units."""
+        return abs(float(self.grid["ref_transform"][0])) / self.factor
+
+    @property
+    def filters(self) -> xr.DataArray:
+        """BCNet's learned filters (band, ky, kx) at source-grid resolution.
+
+        Raises
+        ------
+        AttributeError
+            For methods other than ``bcnet``.
+        """
+        if self.method != "bcnet":
+            raise AttributeError(f"{self.method} models have no learned filters (bcnet only)")
+        k = np.asarray(self.net.filters())
+        half = (k.shape[-1] - 1) / 2
+        offsets = (np.arange(k.shape[-1]) - half) * self.src_pixel_size
+        return xr.DataArray(
+            k,
+            dims=("band", "ky", "kx"),
+            coords={"band": list(self.ref_bands), "ky": -offsets, "kx": offsets},
+            name="filters",
+            attrs={"long_name": "BCNet learned filters", "units": "1"},
+        )
+
+    @property
+    def shift(self) -> xr.DataArray:
+        """Per-band shift from BCNet's filter centroids: (band, axis) with axis east/north.
+
+        The shift is the displacement of the source content relative to the reference, in
+        CRS units (metres), east and north positive. The filter learns to fetch the source
+        where the reference sees the content, so its centroid points along that shift.
+        """
+        from xharmonise.models import filter_shift
+
+        if self.method != "bcnet":
+            raise AttributeError(f"{self.method} models have no filter shift (bcnet only)")
+        dy_dx = np.asarray(filter_shift(self.net.filters()))
+        east = dy_dx[:, 1] * self.src_pixel_size
+        north = -dy_dx[:, 0] * self.src_pixel_size  # rows grow southwards
+        return xr.DataArray(
+            np.stack([east, north], axis=1),
+            dims=("band", "axis"),
+            coords={"band": list(self.ref_bands), "axis": ["east", "north"]},
+            name="shift",
+            attrs={"units": "m", "source": "bcnet filter centroid"},
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model to one safetensors file: weights as tensors, the rest as JSON.
+
+        Nothing is pickled, so loading a file cannot run code. The file is written next to
+        its destination and renamed into place, so a crash never leaves half a model.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination, conventionally ``*.safetensors``.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        tensors = {"linear": np.ascontiguousarray(self.linear, dtype=np.float64)}
+        net_config = None
+        if self.net is not None:
+            from xharmonise.inference import network_spec
+
+            spec = network_spec(self.net.cpu())
+            net_config = spec["config"]
+            tensors.update({f"net.{k}": np.ascontiguousarray(v) for k, v in spec["state"].items()})
+        meta = {
+            "format": _FORMAT,
+            "method": self.method,
+            "src_bands": list(self.src_bands),
+            "ref_bands": list(self.ref_bands),
+            "factor": self.factor,
+            "sigmas": list(map(float, self.sigmas)),
+            "src_scale": self.src_scale,
+            "src_offset": self.src_offset,
+            "metrics": self.metrics.to_dict(),
+            "history": _jsonable(self.history),
+            "grid": _jsonable(self.grid),
+            "patches": _jsonable(self.patches),
+            "variance": self.variance,
+            "net_config": net_config,
+            "versions": _versions(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"xharmonise": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
     def __repr__(self) -> str:
         rmse = self.metrics.sel(metric="rmse").mean("band")
         stages = ", ".join(f"{s}={float(rmse.sel(stage=s)):.4f}" for s in rmse["stage"].values)
@@ -74,3 +186,102 @@ class Harmoniser:
             f"{self.patches.get('train', 0)} train / {self.patches.get('test', 0)} test "
             f"patches, mean test RMSE {stages}>"
         )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("xharmonise", "torch", "numpy", "xarray"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # a missing optional package is just not recorded
+            continue
+    return out
+
+
+def load(path: str | os.PathLike) -> Harmoniser:
+    """Read a model written by :meth:`Harmoniser.save`.
+
+    Only the safetensors format is read: a pickle, a truncated or a corrupted file is
+    refused before anything in it is interpreted as code.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.safetensors`` model file.
+
+    Returns
+    -------
+    Harmoniser
+
+    Raises
+    ------
+    ModelFileError
+        Missing, truncated, corrupted, foreign or unsafe file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no model file at {path}: check the path")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta_text = (f.metadata() or {}).get("xharmonise")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} is not a readable safetensors model ({err}); it may be truncated, "
+            "corrupted or in another format (pickles are refused): save it again with "
+            "Harmoniser.save"
+        ) from None
+    try:
+        meta = json.loads(meta_text) if meta_text else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ModelFileError(
+            f"{path} is a safetensors file but not an xharmonise model "
+            f"(expected format {_FORMAT!r}): save models with Harmoniser.save"
+        )
+    net = None
+    if meta["net_config"] is not None:
+        import torch
+
+        from xharmonise.models import build_model
+
+        net = build_model(**meta["net_config"])
+        state = {k[4:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("net.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelFileError(f"{path}: weights do not fit the model ({err})") from None
+        net.eval()
+    return Harmoniser(
+        method=meta["method"],
+        src_bands=meta["src_bands"],
+        ref_bands=meta["ref_bands"],
+        factor=int(meta["factor"]),
+        sigmas=meta["sigmas"],
+        src_scale=float(meta["src_scale"]),
+        src_offset=float(meta["src_offset"]),
+        linear=tensors["linear"],
+        metrics=xr.DataArray.from_dict(meta["metrics"]),
+        history=meta["history"],
+        grid=meta["grid"],
+        patches=meta["patches"],
+        variance=bool(meta["variance"]),
+        net=net,
+    )
