@@ -3,7 +3,7 @@ import pytest
 from conftest import chunks_for
 
 from xharmonise import grid, psf, sampling
-from xharmonise.errors import NoValidPatchesError
+from xharmonise.errors import NoOverlapError, NoValidPatchesError
 from xharmonise.scaling import to_reflectance
 from xharmonise.simulate import simulate_pair
 
@@ -100,5 +100,5 @@ def test_all_cloudy_raises_with_counts():
 def test_overlap_smaller_than_a_patch():
     ok = np.ones((20, 20), bool)
     coarse = sampling.Coarse(ok, ok, None, np.zeros((1, 20, 20)), np.zeros((1, 20, 20)))
-    with pytest.raises(NoValidPatchesError, match="smaller than one patch"):
+    with pytest.raises(NoOverlapError, match="smaller than one patch"):
         sampling.patch_validity(coarse, patch_size=32)

@@ -16,7 +16,7 @@ import xarray as xr
 
 from xharmonise import grid as _grid
 from xharmonise import psf, sampling
-from xharmonise.errors import BandMismatchError, GridError, UnknownMethodError
+from xharmonise.errors import BandMismatchError, GridError, InputValueError, UnknownMethodError
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.metrics import metric_table
@@ -97,6 +97,31 @@ def _crop_mask(mask: xr.DataArray, ref: xr.DataArray, g: _grid.PairGrid) -> xr.D
         "the mask is not on the reference grid: give a (y, x) mask with the reference's "
         "shape and coordinates (e.g. mask.rio.reproject_match(ref, resampling=nearest))"
     )
+
+
+# Surface reflectance lives in [0, 1]; bright clouds, snow and specular glints reach ~1.5
+# and atmospheric correction can undershoot a little below 0. Far outside that, the
+# scaling is wrong (typically DN not scaled).
+_REFLECTANCE_RANGE = (-0.5, 1.5)
+
+
+def _check_reflectance_range(coarse: sampling.Coarse) -> None:
+    lo, hi = _REFLECTANCE_RANGE
+    for name, values, arg in (
+        ("source", coarse.src, "scale=(src_scale, None)"),
+        ("reference", coarse.ref, "scale=(None, ref_scale)"),
+    ):
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            continue
+        p1, p99 = np.percentile(finite, [1, 99])
+        if p1 < lo or p99 > hi:
+            raise InputValueError(
+                f"the {name} does not look like reflectance after scaling (1st-99th "
+                f"percentiles {p1:.3g} to {p99:.3g}, expected within {lo} to {hi}): give its "
+                f"DN scale with {arg}, e.g. 1e-4 for Pleiades/Sentinel-2 DN or 1/255 for "
+                "8-bit images"
+            )
 
 
 def _sigmas(ref_names: Sequence[str], factor: int) -> list[float]:
@@ -200,6 +225,7 @@ def fit(
     ring = math.ceil(margin / g.factor)
 
     coarse = sampling.reduce_to_reference(src_a, ref_c, mask_c, factor=g.factor, sigmas=sigmas)
+    _check_reflectance_range(coarse)
     index = sampling.patch_validity(coarse, patch_size=patch_size, ring=ring)
     train_cells, test_cells = sampling.split_patches(
         index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
@@ -251,6 +277,7 @@ def fit(
             src_scale if src_scale is not None else src_da.attrs.get("scale_factor", 1.0)
         ),
         src_offset=float(src_da.attrs.get("add_offset", 0.0)),
+        src_dtype=str(src_da.dtype),
         linear=linear,
         metrics=table,
         history=history,
@@ -343,7 +370,11 @@ def _train_network(
 
 
 def predict(
-    src: xr.DataArray | xr.Dataset, model: Harmoniser, *, variance: bool = True
+    src: xr.DataArray | xr.Dataset,
+    model: Harmoniser,
+    *,
+    variance: bool = True,
+    scale: float | None = None,
 ) -> xr.Dataset:
     """Apply a fitted mapping to ``src`` pixel by pixel, at its own resolution, lazily.
 
@@ -355,6 +386,9 @@ def predict(
         From :func:`fit` or :func:`xharmonise.load`.
     variance : bool
         Include the ``variance`` variable (models with a variance head only).
+    scale : float, optional
+        DN scale of an integer ``src`` without a ``scale_factor`` attribute; by default
+        the scale the model was trained with, when it was trained on integer DN too.
 
     Returns
     -------
@@ -378,7 +412,20 @@ def predict(
             f"the model was trained on {model.n_bands} source bands {model.src_bands}, the "
             f"image has {len(names)} {names}: select them, e.g. src.sel(band={model.src_bands})"
         )
-    scale = None if "scale_factor" in src_da.attrs else model.src_scale
+    named = [n for n in names if not n.isdigit()]
+    if named and names != list(model.src_bands) and all(not b.isdigit() for b in model.src_bands):
+        raise BandMismatchError(
+            f"the model was trained on source bands {model.src_bands}, the image has {names}: "
+            f"select and order them, e.g. src.sel(band={model.src_bands})"
+        )
+    integer = np.issubdtype(src_da.dtype, np.integer)
+    if scale is None and "scale_factor" not in src_da.attrs and integer:
+        if not np.issubdtype(np.dtype(model.src_dtype), np.integer):
+            raise InputValueError(
+                f"the image holds integer values ({src_da.dtype}) but the model was trained "
+                f"on {model.src_dtype} reflectance: give the DN scale with scale= (e.g. 1e-4)"
+            )
+        scale = model.src_scale
     src_r = to_reflectance(src_da, scale=scale, name="the source")
     out = map_pixels(src_r.data, model)
     n = model.n_bands

@@ -38,6 +38,8 @@ class Harmoniser:
         Reference MTF Gaussian sigma per band, in source-grid pixels.
     src_scale, src_offset : float
         Source reflectance = DN * scale + offset as used in training.
+    src_dtype : str
+        The training source's dtype (integer DN or float reflectance).
     linear : numpy.ndarray
         (band, band + 1) linear baseline ``[A | b]``, always fitted as the reference.
     metrics : xarray.DataArray
@@ -63,6 +65,7 @@ class Harmoniser:
     src_offset: float
     linear: np.ndarray
     metrics: xr.DataArray
+    src_dtype: str = "float32"
     history: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
     patches: dict[str, int] = field(default_factory=dict)
@@ -159,6 +162,7 @@ class Harmoniser:
             "sigmas": list(map(float, self.sigmas)),
             "src_scale": self.src_scale,
             "src_offset": self.src_offset,
+            "src_dtype": self.src_dtype,
             "metrics": self.metrics.to_dict(),
             "history": _jsonable(self.history),
             "grid": _jsonable(self.grid),
@@ -277,6 +281,7 @@ def load(path: str | os.PathLike) -> Harmoniser:
         sigmas=meta["sigmas"],
         src_scale=float(meta["src_scale"]),
         src_offset=float(meta["src_offset"]),
+        src_dtype=str(meta.get("src_dtype", "float32")),
         linear=tensors["linear"],
         metrics=xr.DataArray.from_dict(meta["metrics"]),
         history=meta["history"],

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from xharmonise import psf
-from xharmonise.errors import NoValidPatchesError
+from xharmonise.errors import InputValueError, NoOverlapError, NoValidPatchesError
 
 __all__ = [
     "Coarse",
@@ -163,8 +163,19 @@ def reduce_to_reference(
     if mask is not None:
         m = mask.data
         cloud = (m != 0) if m.dtype != bool else m
+    xp = da if isinstance(src.data, da.Array) else np
+    src_inf = xp.isinf(src.data).sum()
+    ref_inf = (da if isinstance(ref_data, da.Array) else np).isinf(ref_data).sum()
     # One compute call so that each source chunk is produced once for all the reductions.
-    src_ok, coarse, ref_ok, cloud, ref_data = dask.compute(src_ok, coarse, ref_ok, cloud, ref_data)
+    src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf = dask.compute(
+        src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf
+    )
+    for name, count in (("source", src_inf), ("reference", ref_inf)):
+        if count:
+            raise InputValueError(
+                f"the {name} holds {int(count)} infinite values: mark invalid pixels as NaN "
+                "(e.g. da.where(np.isfinite(da))) or set its nodata value so they are masked"
+            )
     coarse = assemble(coarse)
     ny, nx = ref_ok.shape
     return Coarse(
@@ -195,6 +206,8 @@ def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> Pa
 
     Raises
     ------
+    NoOverlapError
+        When the overlap is smaller than one patch.
     NoValidPatchesError
         With the counts, when no patch is usable.
 
@@ -209,7 +222,7 @@ def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> Pa
     ny, nx = coarse.ref_ok.shape
     rows, cols = (ny - 2 * ring) // patch_size, (nx - 2 * ring) // patch_size
     if rows < 1 or cols < 1:
-        raise NoValidPatchesError(
+        raise NoOverlapError(
             f"the overlap ({ny} x {nx} reference pixels) is smaller than one patch "
             f"({patch_size} + 2 x {ring}): use a smaller patch_size or a larger overlap",
         )
