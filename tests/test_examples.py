@@ -27,3 +27,4 @@ def test_demo_main_job(tmp_path):
     assert main(["--out", str(tmp_path), "--size", "600"]) == 0
     assert (tmp_path / "harmonised.zarr").is_dir()
     assert "rmse" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "model.safetensors").is_file()

@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xharmonise-demo", description=__doc__)
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--size", type=int, default=2000, help="source side in pixels")
-    parser.add_argument("--method", default="linear", choices=["linear"])
+    parser.add_argument(
+        "--method", default="linear", choices=["linear", "calibnet", "convcalibnet", "bcnet"]
+    )
+    parser.add_argument("--variance", action="store_true", help="add the variance head")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         f"simulated a {args.size} x {args.size} px source (2 m) and a "
         f"{pair.ref.shape[1]} x {pair.ref.shape[2]} px reference (10 m), lazily"
     )
-    model = pair.src.harmonise.fit(pair.ref, method=args.method, mask=pair.mask, seed=args.seed)
+    model = pair.src.harmonise.fit(
+        pair.ref, method=args.method, variance=args.variance, mask=pair.mask, seed=args.seed
+    )
     t_fit = time.perf_counter() - t0
     print(model)
     table = _markdown_table(model)
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     with dask.config.set(scheduler="threads"):
         xharmonise.to_zarr(result, str(store))
     t_all = time.perf_counter() - t0
+    model.save(out / "model.safetensors")
     report = out / "report.md"
     report.write_text(
         "# xharmonise demo\n\n"
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         f"10 % masked reference clouds, 40 px no-data border.\n\n"
         f"Method: {model.method}; patches {model.patches}.\n\n"
         f"Test-split metrics (reflectance units):\n\n{table}\n\n"
-        f"Output: `{store}` (Zarr v3); fit {t_fit:.1f} s, total {t_all:.1f} s.\n"
+        f"Output: `{store}` (Zarr v3), model `{out / 'model.safetensors'}`; "
+        f"fit {t_fit:.1f} s, total {t_all:.1f} s.\n"
     )
     print(f"wrote {store} and {report} in {t_all:.1f} s")
     return 0
