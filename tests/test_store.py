@@ -1,3 +1,8 @@
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (.rio on the reopened store)
@@ -61,3 +66,148 @@ def test_memory_url_and_numpy_input():
     xharmonise.to_zarr(ds, "memory://xh-test.zarr")
     back = xr.open_zarr("memory://xh-test.zarr")
     np.testing.assert_array_equal(back["prediction"].values, 1)
+
+
+# --- Resumable writes ------------------------------------------------------------------
+
+_CHILD = """
+import sys, time
+import dask
+import xharmonise
+from xharmonise.simulate import simulate_pair
+
+def slow(block):
+    time.sleep(0.25)  # so that the parent can kill us half-way
+    return block
+
+pair = simulate_pair((256, 256), seed=5, nodata_border=10, chunks=64)
+out = xharmonise.predict(pair.src, xharmonise.load(sys.argv[1]))
+out["prediction"] = out["prediction"].copy(data=out["prediction"].data.map_blocks(slow))
+with dask.config.set(scheduler="threads", num_workers=2):
+    xharmonise.to_zarr(out, sys.argv[2])
+"""
+
+
+@pytest.fixture(scope="module")
+def small_prediction(tmp_path_factory):
+    """A 4 x 4-region prediction (64-pixel shards) and the saved model that made it."""
+    pair = simulate_pair((256, 256), seed=5, nodata_border=10, chunks=64)
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    path = model.save(tmp_path_factory.mktemp("model") / "linear.safetensors")
+    return path, xharmonise.predict(pair.src, model)
+
+
+def _done(path) -> set[str]:
+    done = path / ".xharmonise" / "done"
+    return {p.name for p in done.iterdir()} if done.is_dir() else set()
+
+
+def _shard_mtimes(path) -> dict[str, int]:
+    shards = path / "prediction" / "c" / "0"
+    return {f"{p.parent.name}.{p.name}": p.stat().st_mtime_ns for p in shards.glob("*/*")}
+
+
+def test_killed_write_resumes_to_identical_arrays(small_prediction, tmp_path):
+    model_path, out = small_prediction
+    store = tmp_path / "killed.zarr"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    child = subprocess.Popen([sys.executable, str(script), str(model_path), str(store)])
+    try:
+        deadline = time.monotonic() + 15
+        while len(_done(store)) < 3 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    done = _done(store)
+    assert 3 <= len(done) < 16, done
+    # An interrupted store exists: it is refused by default, never overwritten.
+    with pytest.raises(StoreExistsError, match="resume=True"):
+        xharmonise.to_zarr(out, str(store))
+    before = _shard_mtimes(store)
+    time.sleep(0.01)  # so that a rewritten shard gets a later mtime
+    xharmonise.to_zarr(out, str(store), resume=True)
+    after = _shard_mtimes(store)
+    rewritten = {k for k in after if after[k] != before.get(k)}
+    assert len(after) == 16
+    assert rewritten.isdisjoint(done)
+    assert rewritten | done == set(after)
+    assert not (store / ".xharmonise").exists()
+
+    clean = tmp_path / "clean.zarr"
+    xharmonise.to_zarr(out, str(clean))
+    back, ref = xr.open_zarr(store), xr.open_zarr(clean)
+    np.testing.assert_array_equal(back["prediction"].values, ref["prediction"].values)
+    np.testing.assert_array_equal(back["prediction"].values, out["prediction"].values)
+    assert back.rio.crs == ref.rio.crs
+    assert zarr.open_group(store, mode="r").metadata.consolidated_metadata is not None
+
+
+class _FailAfter:
+    """Identity on blocks that raises after ``n`` calls: an interruption at a known point."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        self.n -= 1
+        if self.n < 0:
+            raise RuntimeError("interrupted")
+        return block
+
+
+def _interrupted(out: xr.Dataset, store: str, n: int, **kwargs) -> None:
+    failing = out.copy()
+    data = out["prediction"].data.map_blocks(_FailAfter(n), dtype=np.float32)
+    failing["prediction"] = out["prediction"].copy(data=data)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        xharmonise.to_zarr(failing, store, **kwargs)
+
+
+def test_resume_writes_only_missing_regions(small_prediction, tmp_path):
+    _, out = small_prediction
+    store = tmp_path / "out.zarr"
+    _interrupted(out, str(store), 6)
+    done = _done(store)
+    assert 0 < len(done) < 16
+    before = _shard_mtimes(store)
+    time.sleep(0.01)
+    xharmonise.to_zarr(out, str(store), resume=True)
+    after = _shard_mtimes(store)
+    assert {k for k in done if after[k] != before[k]} == set()
+    assert len([k for k in after if after[k] != before.get(k)]) == 16 - len(done)
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, out["prediction"].values
+    )
+
+
+def test_resume_on_missing_or_complete_store(small_prediction, tmp_path):
+    _, out = small_prediction
+    store = tmp_path / "out.zarr"
+    xharmonise.to_zarr(out, store, resume=True)  # missing: a fresh write
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, out["prediction"].values
+    )
+    before = _shard_mtimes(store)
+    xharmonise.to_zarr(out, store, resume=True)  # complete: nothing to do
+    assert _shard_mtimes(store) == before
+
+
+def test_resume_refuses_another_layout(small_prediction, tmp_path):
+    _, out = small_prediction
+    store = str(tmp_path / "out.zarr")
+    _interrupted(out, store, 6)
+    with pytest.raises(StoreExistsError, match="mode='w'"):
+        xharmonise.to_zarr(out.chunk({"y": 128, "x": 128}), store, resume=True)
+    with pytest.raises(StoreExistsError, match="coordinates differ"):
+        xharmonise.to_zarr(out.assign_coords(y=out.y + 1), store, resume=True)
+    with pytest.raises(ValueError, match="resume"):
+        xharmonise.to_zarr(out, store, resume=True, mode="w")
+    # mode="w" replaces the unfinished store, markers included.
+    xharmonise.to_zarr(out, store, mode="w")
+    assert not (tmp_path / "out.zarr" / ".xharmonise").exists()
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, out["prediction"].values
+    )

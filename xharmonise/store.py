@@ -1,13 +1,32 @@
-"""Writing results to cloud-optimised Zarr v3 stores with their georeferencing."""
+"""Writing results to cloud-optimised Zarr v3 stores with their georeferencing.
+
+Writes are resumable. The metadata (and the small in-memory coordinates) go first; then
+every shard-aligned region -- one Dask chunk along ``y`` and ``x``, all bands and
+variables -- is written by one task of a single Dask graph, which, once the region's
+shards are stored, puts an empty marker object ``.xharmonise/done/<iy>.<ix>`` in the store.
+Object stores have no rename, but a PUT of a new object is atomic, so a marker exists only
+for a region whose data is fully written. When every region is done, the metadata is
+consolidated (this is what marks a store complete) and the markers are deleted.
+``resume=True`` on an incomplete store writes only the regions without a marker.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import product
 from typing import Any
 
+import dask
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from dask.delayed import Delayed
+from xarray.conventions import encode_cf_variable
 from zarr.codecs import ZstdCodec
 
 from xharmonise.errors import StoreExistsError
@@ -16,6 +35,10 @@ __all__ = ["to_zarr"]
 
 _DEFAULT_SHARD = 2048
 _DEFAULT_INNER = 256
+# Bookkeeping prefix inside the store; zarr ignores it (with a warning while listing).
+_MARKERS = ".xharmonise"
+_DONE = f"{_MARKERS}/done"
+_REGION_DIMS = ("y", "x")
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -26,36 +49,232 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def _regular_chunks(ds: xr.Dataset, shard: int) -> xr.Dataset:
-    """Give every variable regular Dask chunks (all equal but the last): one per shard."""
+    """Give every variable regular Dask chunks (all equal but the last): one per shard.
+
+    Dimensions other than ``y`` and ``x`` get one chunk, so that a (y, x) chunk is a
+    whole region that one task writes.
+    """
+    whole = {d: -1 for d in ds.dims if d not in _REGION_DIMS}
     if not ds.chunks:
-        return ds.chunk({"band": -1, "y": shard, "x": shard})
-    fixes: dict[str, int] = {"band": -1}
-    for dim in ("y", "x"):
+        return ds.chunk({**whole, **{d: shard for d in _REGION_DIMS if d in ds.dims}})
+    fixes: dict[str, int] = dict(whole)
+    for dim in _REGION_DIMS:
+        if dim not in ds.chunks:
+            continue
         chunks = ds.chunks[dim]
         if len(set(chunks[:-1])) > 1 or (len(chunks) > 1 and chunks[-1] > chunks[0]):
             fixes[dim] = max(chunks)
     return ds.chunk(fixes)
 
 
+def _zarr_kwargs(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    # zarr rejects storage_options for local paths, so pass them only when given.
+    return {"storage_options": storage_options} if storage_options else {}
+
+
 def _store_exists(store: str, storage_options: dict[str, Any] | None) -> bool:
     try:
-        zarr.open_group(store, mode="r", storage_options=storage_options)
+        zarr.open_group(store, mode="r", **_zarr_kwargs(storage_options))
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
         return False
-    except TypeError:
-        # Local paths reject storage_options.
-        try:
-            zarr.open_group(store, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-            return False
     return True
+
+
+@contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Silence the two zarr warnings our own bookkeeping triggers, and only those."""
+    with warnings.catch_warnings():
+        # Consolidated metadata is not in the Zarr v3 spec yet, but every reader we target
+        # (xarray, zarr-python) uses it to open remote stores in one request.
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        # Listing an unfinished store meets our `.xharmonise/` markers, which are no
+        # Zarr node; zarr skips them with this warning.
+        warnings.filterwarnings(
+            "ignore", message=f"Object at {_MARKERS} is not recognized", category=UserWarning
+        )
+        yield
+
+
+def _prepare(
+    ds: xr.Dataset, inner_chunks: int, compression_level: int
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """Chunk ``ds`` one chunk per shard, load what is not regional, build the encoding."""
+    ds = _regular_chunks(ds, _DEFAULT_SHARD)
+    # Fixed-width unicode has no Zarr v3 specification; variable-length strings do.
+    ds = ds.assign_coords(
+        {k: c.astype(object) for k, c in ds.coords.items() if c.dtype.kind == "U"}
+    )
+    # Coordinates and variables without both region dimensions are small: load them so
+    # that the metadata step writes them, and the regions hold only the large arrays.
+    ds = ds.assign_coords({k: c.compute() for k, c in ds.coords.items() if c.chunks})
+    for name, var in ds.data_vars.items():
+        if not set(_REGION_DIMS) <= set(var.dims):
+            ds[name] = var.compute()
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, var in ds.data_vars.items():
+        shard = tuple(c[0] for c in var.chunks) if var.chunks else var.shape
+        inner = tuple(
+            _largest_divisor(s, 1 if dim == "band" else inner_chunks)
+            for dim, s in zip(var.dims, shard, strict=True)
+        )
+        encoding[name] = {
+            "chunks": inner,
+            "shards": shard,
+            "compressors": (ZstdCodec(level=compression_level),),
+        }
+        if np.issubdtype(var.dtype, np.floating):
+            encoding[name]["fill_value"] = np.nan
+    return ds, encoding
+
+
+def _regional(ds: xr.Dataset) -> list[str]:
+    return [n for n, v in ds.data_vars.items() if set(_REGION_DIMS) <= set(v.dims)]
+
+
+def _regions(ds: xr.Dataset) -> list[tuple[int, ...]]:
+    """Index (iy, ix) of every region: the Dask chunk grid along y and x."""
+    if not _regional(ds):
+        return []
+    return list(product(*(range(len(ds.chunks[d])) for d in _REGION_DIMS)))
+
+
+def _marker_name(region: tuple[int, ...]) -> str:
+    return ".".join(map(str, region))
+
+
+def _done_regions(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
+    path = f"{root}/{_DONE}"
+    # Markers may come from other processes: never trust a cached listing.
+    fs.invalidate_cache(path)
+    try:
+        return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    except FileNotFoundError:
+        return set()
+
+
+def _clear_markers(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    path = f"{root}/{_MARKERS}"
+    fs.invalidate_cache(path)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def _incompatibilities(group: zarr.Group, ds: xr.Dataset) -> list[str]:
+    """What differs between the store's layout and the one ``ds`` would be written with."""
+    problems = []
+    for name in _regional(ds):
+        var = encode_cf_variable(ds[name].variable, name=name)
+        try:
+            arr = group[name]
+        except KeyError:
+            problems.append(f"no variable {name!r}")
+            continue
+        shards = tuple(c[0] for c in var.chunks)
+        found = (tuple(arr.metadata.dimension_names or ()), arr.shape, arr.shards, arr.dtype)
+        wanted = (var.dims, var.shape, shards, var.dtype)
+        if found != wanted:
+            problems.append(
+                f"{name!r} is (dims, shape, shards, dtype) {found} in the store, {wanted} here"
+            )
+    with _quiet_zarr():
+        stored = set(group.array_keys())
+    extra = stored - set(ds.variables)
+    if extra:
+        problems.append(f"the store also holds {sorted(extra)}")
+    for dim in _REGION_DIMS:
+        if dim in ds.indexes and dim in stored:
+            if not np.array_equal(np.asarray(group[dim][...]), ds[dim].values):
+                problems.append(f"the {dim} coordinates differ")
+    return problems
+
+
+class _RegionWriter:
+    """Writes one region of every regional variable, then its done-marker.
+
+    One instance enters the graph once (shared by every region task): the zarr arrays
+    and the filesystem are picklable, so it also works on distributed workers.
+    """
+
+    def __init__(
+        self,
+        arrays: dict[str, zarr.Array],
+        dims: dict[str, tuple[str, ...]],
+        bounds: dict[str, tuple[int, ...]],
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+    ) -> None:
+        self.arrays = arrays
+        self.dims = dims
+        self.bounds = bounds  # chunk boundaries along each region dimension
+        self.fs = fs
+        self.root = root
+
+    def __call__(self, region: tuple[int, ...], *blocks: np.ndarray) -> None:
+        where = {
+            d: slice(self.bounds[d][i], self.bounds[d][i + 1])
+            for d, i in zip(_REGION_DIMS, region, strict=True)
+        }
+        for (name, arr), block in zip(self.arrays.items(), blocks, strict=True):
+            arr[tuple(where.get(d, slice(None)) for d in self.dims[name])] = block
+        # Only now is the region complete: a PUT is atomic, even on object stores.
+        self.fs.pipe_file(f"{self.root}/{_DONE}/{_marker_name(region)}", b"")
+
+
+def _finalise(store: Any, fs: fsspec.AbstractFileSystem, root: str, *_: None) -> None:
+    """Consolidate (the store is complete from here on), then drop the markers."""
+    with _quiet_zarr():
+        zarr.consolidate_metadata(store)
+    _clear_markers(fs, root)
+
+
+def _write_regions(
+    ds: xr.Dataset,
+    store: str,
+    storage_options: dict[str, Any] | None,
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    done: set[str],
+) -> Delayed:
+    """A Delayed writing every region not in ``done``, then consolidating."""
+    names = _regional(ds)
+    group = zarr.open_group(
+        store, mode="r+", use_consolidated=False, **_zarr_kwargs(storage_options)
+    )
+    bounds = {d: tuple(np.cumsum((0, *ds.chunks[d])).tolist()) for d in _REGION_DIMS}
+    writer = _RegionWriter(
+        {n: group[n] for n in names}, {n: ds[n].dims for n in names}, bounds, fs, root
+    )
+    # A fixed name instead of a token: hashing zarr arrays and filesystems is slow, and
+    # the writer must be one graph key whatever the number of regions.
+    shared = dask.delayed(writer, name=f"xharmonise-writer-{uuid.uuid4().hex}", traverse=False)
+    blocks = {}
+    for n in names:
+        var = encode_cf_variable(ds[n].variable, name=n)
+        if var.dtype != group[n].dtype:
+            raise TypeError(f"{n!r} encodes to {var.dtype}, the store holds {group[n].dtype}")
+        # Unoptimised: variables cut from one computation (prediction and variance) keep
+        # sharing its tasks, so the merged graph runs it once per region.
+        blocks[n] = (var.dims, var.data.to_delayed(optimize_graph=False))
+    # Local filesystems need the directory before the first marker goes in.
+    fs.makedirs(f"{root}/{_DONE}", exist_ok=True)
+    tasks = []
+    for region in _regions(ds):
+        if _marker_name(region) in done:
+            continue
+        at = dict(zip(_REGION_DIMS, region, strict=True))
+        args = [b[tuple(at.get(d, 0) for d in dims)] for dims, b in blocks.values()]
+        tasks.append(shared(region, *args))
+    return dask.delayed(_finalise)(group.store, fs, root, *tasks)
 
 
 def to_zarr(
     ds: xr.Dataset,
-    store: str,
+    store: str | os.PathLike[str],
     *,
     mode: str = "w-",
+    resume: bool = False,
     storage_options: dict[str, Any] | None = None,
     inner_chunks: int = _DEFAULT_INNER,
     compression_level: int = 3,
@@ -68,14 +287,23 @@ def to_zarr(
     ``spatial_ref`` grid mapping is written CF-style so rioxarray and GDAL read the CRS
     and transform back.
 
+    The write is resumable: every shard-aligned region (one chunk along ``y`` and ``x``)
+    is recorded as done in the store (``.xharmonise/done/``) once its data is written, and
+    the metadata is consolidated only when all regions are done. ``resume=True`` completes
+    an interrupted write, writing only the regions not yet done.
+
     Parameters
     ----------
     ds : xarray.Dataset
         Typically the output of :func:`xharmonise.predict` (lazy or in memory).
-    store : str
+    store : str or os.PathLike
         Local path or any fsspec URL (``s3://…``, ``memory://…``).
     mode : {"w-", "w"}
         ``"w-"`` refuses an existing store; ``"w"`` replaces it.
+    resume : bool
+        Complete an interrupted write of the same ``ds`` (same variables, shapes, chunks
+        and coordinates) instead of refusing the existing store. A missing store is
+        written from scratch; a complete one is left as is. Not with ``mode="w"``.
     storage_options : dict, optional
         fsspec options for remote stores (e.g. ``{"client_kwargs": {"endpoint_url": …}}``).
     inner_chunks : int
@@ -84,7 +312,8 @@ def to_zarr(
     compression_level : int
         zstd level.
     compute : bool
-        Write now (True) or return the delayed write.
+        Write the data now (True) or return the delayed write; the metadata is written
+        either way.
 
     Returns
     -------
@@ -93,7 +322,8 @@ def to_zarr(
     Raises
     ------
     StoreExistsError
-        The store exists and ``mode`` is not ``"w"``.
+        The store exists and neither ``mode="w"`` nor ``resume=True`` was given, or
+        ``resume=True`` found a store of another layout.
 
     Examples
     --------
@@ -103,39 +333,50 @@ def to_zarr(
     """
     if mode not in ("w-", "w"):
         raise ValueError(f"mode must be 'w-' or 'w', got {mode!r}")
-    if mode == "w-" and _store_exists(store, storage_options):
+    if resume and mode == "w":
+        raise ValueError("resume=True completes the existing store, mode='w' replaces it")
+    store = os.fspath(store)
+    ds, encoding = _prepare(ds, inner_chunks, compression_level)
+    exists = _store_exists(store, storage_options)
+    if exists and not resume and mode == "w-":
         raise StoreExistsError(
-            f"{store} exists: choose another path, or pass mode='w' to replace it"
+            f"{store} exists: choose another path, pass mode='w' to replace it, or "
+            "resume=True to complete an interrupted write of the same data"
         )
-    ds = _regular_chunks(ds, _DEFAULT_SHARD)
-    # Fixed-width unicode has no Zarr v3 specification; variable-length strings do.
-    ds = ds.assign_coords(
-        {k: c.astype(object) for k, c in ds.coords.items() if c.dtype.kind == "U"}
-    )
-    encoding: dict[str, dict[str, Any]] = {}
-    for name, var in ds.data_vars.items():
-        shard = tuple(c[0] for c in var.chunks)
-        inner = tuple(
-            _largest_divisor(s, 1 if dim == "band" else inner_chunks)
-            for dim, s in zip(var.dims, shard, strict=True)
-        )
-        encoding[name] = {
-            "chunks": inner,
-            "shards": shard,
-            "compressors": (ZstdCodec(level=compression_level),),
-        }
-        if np.issubdtype(var.dtype, np.floating):
-            encoding[name]["fill_value"] = np.nan
-    with warnings.catch_warnings():
-        # Consolidated metadata is not in the Zarr v3 spec yet, but every reader we target
-        # (xarray, zarr-python) uses it to open remote stores in one request.
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        return ds.to_zarr(
-            store,
-            mode=mode,
-            zarr_format=3,
-            consolidated=True,
-            encoding=encoding,
-            storage_options=storage_options,
-            compute=compute,
-        )
+    fs, root = fsspec.core.url_to_fs(store, **(storage_options or {}))
+    root = root.rstrip("/")
+    done: set[str] = set()
+    if resume and exists:
+        group = zarr.open_group(store, mode="r", **_zarr_kwargs(storage_options))
+        problems = _incompatibilities(group, ds)
+        if problems:
+            raise StoreExistsError(
+                f"{store} holds another layout ({'; '.join(problems)}): resume=True only "
+                "completes a write of the same data with the same chunks; pass mode='w' "
+                "to replace the store, or choose another path"
+            )
+        if group.metadata.consolidated_metadata is not None:
+            # Complete already (a crash may have left markers behind).
+            _clear_markers(fs, root)
+            return dask.delayed(None) if not compute else None
+        done = _done_regions(fs, root)
+    else:
+        # Markers of an older, replaced store must not count for this one.
+        _clear_markers(fs, root)
+        with _quiet_zarr():
+            # Metadata and loaded variables now; the returned delayed data write is
+            # replaced by the region tasks below.
+            ds.to_zarr(
+                store,
+                mode=mode,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+                storage_options=storage_options,
+                compute=False,
+            )
+    delayed = _write_regions(ds, store, storage_options, fs, root, done)
+    if not compute:
+        return delayed
+    delayed.compute()
+    return None
