@@ -4,6 +4,7 @@ from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonis
 from xharmonise.api import fit, predict
 from xharmonise.errors import (
     BandMismatchError,
+    DetailLossWarning,
     GridError,
     HarmoniseError,
     InputValueError,
@@ -19,6 +20,7 @@ from xharmonise.store import to_zarr
 
 __all__ = [
     "BandMismatchError",
+    "DetailLossWarning",
     "GridError",
     "HarmoniseError",
     "Harmoniser",

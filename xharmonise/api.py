@@ -7,6 +7,7 @@ patches (lazy until here) -> training (in memory, small) -> Harmoniser -> lazy p
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from typing import Any
@@ -16,7 +17,13 @@ import xarray as xr
 
 from xharmonise import grid as _grid
 from xharmonise import psf, sampling
-from xharmonise.errors import BandMismatchError, GridError, InputValueError, UnknownMethodError
+from xharmonise.errors import (
+    BandMismatchError,
+    DetailLossWarning,
+    GridError,
+    InputValueError,
+    UnknownMethodError,
+)
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.metrics import metric_table
@@ -427,6 +434,14 @@ def predict(
             )
         scale = model.src_scale
     src_r = to_reflectance(src_da, scale=scale, name="the source")
+    if model.method == "convcalibnet":
+        warnings.warn(
+            "ConvCalibNet learned spatial effects (MTF, mis-registration) at the reference "
+            "resolution and alters the source's full-resolution detail; use method='bcnet' "
+            "to keep it",
+            DetailLossWarning,
+            stacklevel=2,
+        )
     out = map_pixels(src_r.data, model)
     n = model.n_bands
     coords = {k: v for k, v in src_r.coords.items() if "band" not in v.dims}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BandMismatchError",
+    "DetailLossWarning",
     "GridError",
     "HarmoniseError",
     "InputValueError",
@@ -64,3 +65,7 @@ class ModelFileError(HarmoniseError):
 
 class StoreExistsError(HarmoniseError):
     """The output store exists and overwriting was not asked for."""
+
+
+class DetailLossWarning(UserWarning):
+    """The model alters full-resolution spatial detail (ConvCalibNet applied at 2 m)."""
