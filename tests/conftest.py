@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
 import pytest
+from distributed import Client, LocalCluster
 
 from xharmonise.simulate import simulate_pair
 
@@ -18,6 +21,24 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real test data {path} is absent (it lives in ../shared/data)")
     return path
+
+
+@contextmanager
+def local_cluster() -> Iterator[Client]:
+    """A real two-process Dask cluster (one thread each, no dashboard), closed on exit."""
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        memory_limit="1GiB",
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
 
 @pytest.fixture(autouse=True)

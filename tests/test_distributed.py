@@ -8,7 +8,8 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from conftest import local_cluster
+from distributed import Client
 
 import xharmonise
 from xharmonise.simulate import simulate_pair
@@ -16,19 +17,8 @@ from xharmonise.simulate import simulate_pair
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        memory_limit="1GiB",
-    )
-    client = Client(cluster)
-    try:
+    with local_cluster() as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 @pytest.fixture(scope="module")

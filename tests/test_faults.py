@@ -12,7 +12,7 @@ import dask
 import numpy as np
 import rioxarray
 import xarray as xr
-from distributed import Client, LocalCluster
+from conftest import local_cluster
 
 import xharmonise
 from xharmonise.simulate import simulate_pair
@@ -31,15 +31,7 @@ def test_worker_killed_during_predict_gives_identical_result():
     lazy = xharmonise.predict(slow_src, model)
     with dask.config.set(scheduler="threads"):
         expected = lazy["prediction"].values
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        memory_limit="1GiB",
-    )
-    client = Client(cluster)
-    try:
+    with local_cluster() as client:
         future = client.compute(lazy["prediction"])
         deadline = time.monotonic() + 60
         # Kill once part of the graph's results sit in worker memory.
@@ -50,9 +42,6 @@ def test_worker_killed_during_predict_gives_identical_result():
         assert not future.done()  # the kill lands mid-computation
         os.kill(pid, signal.SIGKILL)  # the nanny restarts it; lost results are recomputed
         result = future.result(timeout=120)
-    finally:
-        client.close()
-        cluster.close()
     np.testing.assert_array_equal(result.values, expected)
 
 
