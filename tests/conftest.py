@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dask
+import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
@@ -21,6 +22,19 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real test data {path} is absent (it lives in ../shared/data)")
     return path
+
+
+class FailAfter:
+    """Identity on blocks that raises after ``n`` calls: an interruption at a known point."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        self.n -= 1
+        if self.n < 0:
+            raise RuntimeError("interrupted")
+        return block
 
 
 @contextmanager

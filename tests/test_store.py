@@ -8,6 +8,7 @@ import pytest
 import rioxarray  # noqa: F401  (.rio on the reopened store)
 import xarray as xr
 import zarr
+from conftest import FailAfter
 
 import xharmonise
 from xharmonise.errors import StoreExistsError
@@ -145,22 +146,9 @@ def test_killed_write_resumes_to_identical_arrays(small_prediction, tmp_path):
     assert zarr.open_group(store, mode="r").metadata.consolidated_metadata is not None
 
 
-class _FailAfter:
-    """Identity on blocks that raises after ``n`` calls: an interruption at a known point."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        self.n -= 1
-        if self.n < 0:
-            raise RuntimeError("interrupted")
-        return block
-
-
 def _interrupted(out: xr.Dataset, store: str, n: int, **kwargs) -> None:
     failing = out.copy()
-    data = out["prediction"].data.map_blocks(_FailAfter(n), dtype=np.float32)
+    data = out["prediction"].data.map_blocks(FailAfter(n), dtype=np.float32)
     failing["prediction"] = out["prediction"].copy(data=data)
     with pytest.raises(RuntimeError, match="interrupted"):
         xharmonise.to_zarr(failing, store, **kwargs)

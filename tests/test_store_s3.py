@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (.rio on the reopened store)
 import xarray as xr
+from conftest import FailAfter
 
 import xharmonise
 from xharmonise.errors import StoreExistsError
@@ -116,24 +117,11 @@ def test_s3_round_trip_and_refusal(s3, prediction):
         xharmonise.to_zarr(out, url, storage_options=s3)
 
 
-class _FailAfter:
-    """Identity on blocks that raises after ``n`` calls: an interruption at a known point."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        self.n -= 1
-        if self.n < 0:
-            raise RuntimeError("interrupted")
-        return block
-
-
 def test_s3_resume(s3, prediction):
     _, out = prediction
     url = f"s3://{BUCKET}/resumed.zarr"
     failing = out.copy()
-    data = out["prediction"].data.map_blocks(_FailAfter(2), dtype=np.float32)
+    data = out["prediction"].data.map_blocks(FailAfter(2), dtype=np.float32)
     failing["prediction"] = out["prediction"].copy(data=data)
     with pytest.raises(RuntimeError, match="interrupted"):
         xharmonise.to_zarr(failing, url, storage_options=s3)
