@@ -237,11 +237,12 @@ def fit(
     train_cells, test_cells = sampling.split_patches(
         index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
     )
+    # Metrics use the held-out patches; a single valid patch can only be scored on itself.
+    eval_cells = test_cells if len(test_cells) else train_cells
     train = sampling.gather(index, train_cells, coarse=coarse)
-    test = sampling.gather(index, test_cells, coarse=coarse)
+    evaluate = sampling.gather(index, eval_cells, coarse=coarse)
 
     linear = fit_linear(train.src, train.ref, axis=1)
-    evaluate = test if len(test_cells) else train
     predictions: dict[str, np.ndarray] = {
         "initial": evaluate.src,
         "linear": apply_linear(linear, evaluate.src, axis=1),
@@ -255,7 +256,7 @@ def fit(
             method,
             variance=variance,
             index=index,
-            cells=(train_cells, test_cells),
+            cells=(train_cells, eval_cells),
             coarse=coarse,
             aligned=src_a,
             factor=g.factor,
@@ -313,7 +314,7 @@ def _train_network(
     device: str,
     progress: bool,
 ) -> tuple[Any, dict[str, Any], np.ndarray]:
-    """Train a neural model; returns it, its history and its test-split prediction."""
+    """Train a neural model; returns it, its history and its prediction on ``eval_cells``."""
     # torch is imported here only: the linear path and predict's NumPy path never need it.
     import torch
 
@@ -321,7 +322,7 @@ def _train_network(
     from xharmonise.models import build_model
     from xharmonise.training import PatchSet, train
 
-    train_cells, test_cells = cells
+    train_cells, eval_cells = cells
     # Early stopping needs its own held-out patches: the test split only scores the result.
     n_val = max(1, round(0.1 * len(train_cells))) if len(train_cells) > 1 else 0
     val_cells, fit_cells = train_cells[:n_val], train_cells[n_val:]
@@ -335,7 +336,7 @@ def _train_network(
 
     fit_set, _ = patches(fit_cells)
     val_set, val_p = patches(val_cells if n_val else fit_cells)
-    test_set, _ = patches(test_cells if len(test_cells) else train_cells)
+    test_set, _ = patches(eval_cells)
     reference = float(
         relative_error(
             torch.from_numpy(apply_linear(linear, val_p.src, axis=1)),
