@@ -33,6 +33,11 @@ def test_save_load_predict_is_bit_identical(pair, tmp_path, method, variance):
     assert back.src_bands == model.src_bands and back.ref_bands == model.ref_bands
     np.testing.assert_array_equal(back.linear, model.linear)
     np.testing.assert_array_equal(back.metrics.values, model.metrics.values)
+    # The report's scatter samples travel with the model; the variance sample only with a head.
+    expected = {"target", "initial", "linear", "model"} | ({"variance"} if variance else set())
+    assert set(back.samples) == expected
+    for name, values in model.samples.items():
+        np.testing.assert_array_equal(back.samples[name], values)
     a = xharmonise.predict(pair.src, model)
     b = xharmonise.predict(pair.src, back)
     for name in a.data_vars:

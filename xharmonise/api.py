@@ -249,10 +249,11 @@ def fit(
     }
     history: dict[str, Any] = {}
     net = None
+    test_variance = None
     if method == "linear":
         predictions["model"] = predictions["linear"]
     else:
-        net, history, predictions["model"] = _train_network(
+        net, history, predictions["model"], test_variance = _train_network(
             method,
             variance=variance,
             index=index,
@@ -275,6 +276,10 @@ def fit(
         target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, ref_names
     )
     counts = dict(index.counts, train=len(train_cells), test=len(test_cells))
+    stages = dict(predictions, target=evaluate.ref)
+    if test_variance is not None:
+        stages["variance"] = test_variance
+    samples = _sample_pixels(stages, seed=seed)
     return Harmoniser(
         method=method,
         src_bands=src_names,
@@ -293,7 +298,22 @@ def fit(
         patches=counts,
         variance=variance,
         net=net,
+        samples=samples,
     )
+
+
+# Test-split pixels kept in the model for its report's scatter plots: enough for smooth
+# density plots, small enough to keep model files around a megabyte.
+_MAX_SAMPLES = 20_000
+
+
+def _sample_pixels(stages: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """A seeded random subset of (patch, band, y, x) arrays as (pixel, band) float32."""
+    flat = {k: np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) for k, v in stages.items()}
+    n = len(flat["target"])
+    keep = np.random.default_rng(seed).permutation(n)[: min(n, _MAX_SAMPLES)]
+    keep.sort()
+    return {k: np.ascontiguousarray(v[keep], dtype=np.float32) for k, v in flat.items()}
 
 
 def _train_network(
@@ -313,8 +333,9 @@ def _train_network(
     seed: int,
     device: str,
     progress: bool,
-) -> tuple[Any, dict[str, Any], np.ndarray]:
-    """Train a neural model; returns it, its history and its prediction on ``eval_cells``."""
+) -> tuple[Any, dict[str, Any], np.ndarray, np.ndarray | None]:
+    """Train a neural model; returns it, its history, its prediction and variance (or None)
+    on ``eval_cells``."""
     # torch is imported here only: the linear path and predict's NumPy path never need it.
     import torch
 
@@ -365,7 +386,7 @@ def _train_network(
     )
     net = net.cpu().eval()
     with torch.inference_mode():
-        pred, _ = net(torch.from_numpy(test_set.src))
+        pred, var = net(torch.from_numpy(test_set.src))
     history = dict(result.history)
     history.update(
         best_iteration=result.best_iteration,
@@ -374,7 +395,7 @@ def _train_network(
         device=result.device,
         linear_val_relative_error=reference,
     )
-    return net, history, pred.numpy()
+    return net, history, pred.numpy(), None if var is None else var.numpy()
 
 
 def predict(

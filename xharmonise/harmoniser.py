@@ -54,6 +54,11 @@ class Harmoniser:
         Whether the model predicts a per-pixel variance.
     net : torch.nn.Module or None
         The trained network (None for ``linear``).
+    samples : dict of numpy.ndarray
+        A random subset of the test-split pixels at the reference resolution, (pixel,
+        band) float32 per stage: ``target`` (the reference), ``initial``, ``linear``,
+        ``model`` and, with a variance head, ``variance``. Kept so that reports can show
+        the scatter plots without the images.
     """
 
     method: str
@@ -71,6 +76,7 @@ class Harmoniser:
     patches: dict[str, int] = field(default_factory=dict)
     variance: bool = False
     net: Any = None
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_bands(self) -> int:
@@ -146,6 +152,8 @@ class Harmoniser:
 
         path = Path(path)
         tensors = {"linear": np.ascontiguousarray(self.linear, dtype=np.float64)}
+        for name, values in self.samples.items():
+            tensors[f"samples.{name}"] = np.ascontiguousarray(values, dtype=np.float32)
         net_config = None
         if self.net is not None:
             from xharmonise.inference import network_spec
@@ -289,4 +297,5 @@ def load(path: str | os.PathLike) -> Harmoniser:
         patches=meta["patches"],
         variance=bool(meta["variance"]),
         net=net,
+        samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
     )
