@@ -3,8 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy.ndimage import gaussian_filter
 
 from xharmonise import metrics
+from xharmonise.metrics import high_frequency_energy, roc_auc
 
 
 def _random(seed=0, shape=(3, 500)):
@@ -71,3 +73,32 @@ def test_metric_identities(t, p):
     assert (rmse >= 0).all()
     assert (rmse <= metrics.max_error(t, p) + 1e-12).all()
     np.testing.assert_allclose(metrics.rmse(t, t), 0.0)
+
+
+def test_roc_auc_equals_pairwise_count():
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(size=300), 1)  # rounded: ties happen and count one half
+    labels = rng.random(300) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    diff = pos[:, None] - neg[None, :]
+    brute = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+    assert roc_auc(scores, labels) == pytest.approx(brute, abs=1e-12)
+    assert roc_auc(np.where(labels, 1.0, 0.0), labels) == 1.0
+    with pytest.raises(ValueError, match="both positive and negative"):
+        roc_auc(scores, np.ones(300, bool))
+
+
+def test_high_frequency_energy_splits_the_spectrum_and_sees_blur():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(2, 96, 80))
+    window = np.outer(np.hanning(96), np.hanning(80))
+    centred = (img - img.mean(axis=(1, 2), keepdims=True)) * window
+    # Parseval: a cutoff below zero keeps the whole spectrum.
+    np.testing.assert_allclose(
+        high_frequency_energy(img, -1.0), (centred**2).sum(axis=(1, 2)), rtol=1e-10
+    )
+    blurred = gaussian_filter(img, sigma=(0, 2.5, 2.5))
+    # White noise keeps most of its power above 0.1 cycles/px; a 2.5 px blur removes it.
+    assert (high_frequency_energy(blurred, 0.1) < 0.01 * high_frequency_energy(img, 0.1)).all()
+    with pytest.raises(ValueError, match="finite"):
+        high_frequency_energy(np.where(img > 2, np.nan, img), 0.1)

@@ -52,9 +52,11 @@ _CLASSES = np.array(
         [0.100, 0.140, 0.180, 0.250],  # bare soil
         [0.070, 0.100, 0.120, 0.220],  # dry grass
         [0.120, 0.130, 0.140, 0.180],  # urban fabric
+        [0.220, 0.270, 0.320, 0.400],  # bright bare soil (chalk, sand)
     ]
 )
-_CLASS_WEIGHTS = np.array([0.05, 0.3, 0.2, 0.2, 0.15, 0.1])
+# Bright soils matter: the TOA relation bends most over a wide reflectance range.
+_CLASS_WEIGHTS = np.array([0.05, 0.28, 0.18, 0.17, 0.12, 0.1, 0.1])
 _URBAN = 5
 _ROAD = np.array([0.090, 0.100, 0.110, 0.130])
 _ROOFS = np.array(
@@ -77,13 +79,18 @@ _MIXING = np.array(
 )
 _GAINS = np.array([1.04, 0.98, 1.03, 0.95])
 _OFFSETS = np.array([0.005, 0.000, -0.003, 0.010])
-# Atmosphere per Pleiades band: path reflectance, total transmittance, spherical albedo.
-_PATH = np.array([0.080, 0.050, 0.030, 0.015])
-_TRANS = np.array([0.72, 0.79, 0.85, 0.90])
-_SPHERICAL = np.array([0.22, 0.17, 0.12, 0.08])
+# Atmosphere per Pleiades band: path reflectance, total transmittance, spherical albedo,
+# of a hazy continental atmosphere (aerosol optical thickness about 0.5 at 550 nm, as
+# 6S gives them); the spherical albedo term rho / (1 - S rho) is what bends the TOA
+# relation away from an affine one.
+_PATH = np.array([0.110, 0.075, 0.050, 0.025])
+_TRANS = np.array([0.62, 0.72, 0.80, 0.87])
+_SPHERICAL = np.array([0.28, 0.22, 0.16, 0.10])
 
+# Radiometric noise, reflectance units: Pleiades at 2 m; Sentinel-2 L2A at 10 m (SNR
+# above 150 at typical radiances).
 _SRC_NOISE = 0.003
-_REF_NOISE = 0.002
+_REF_NOISE = 0.0012
 _SCALE = 1e-4
 _REF_ADD_OFFSET = -0.1  # S2 L2A processing baseline >= 04.00 (BOA_ADD_OFFSET = -1000)
 
