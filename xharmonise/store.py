@@ -13,10 +13,12 @@ consolidated (this is what marks a store complete) and the markers are deleted.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
@@ -25,13 +27,14 @@ import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import get_scheduler
 from dask.delayed import Delayed
 from xarray.conventions import encode_cf_variable
 from zarr.codecs import ZstdCodec
 
 from xharmonise.errors import StoreExistsError
 
-__all__ = ["to_zarr"]
+__all__ = ["StoreInfo", "describe", "to_zarr"]
 
 _DEFAULT_SHARD = 2048
 _DEFAULT_INNER = 256
@@ -279,6 +282,7 @@ def to_zarr(
     inner_chunks: int = _DEFAULT_INNER,
     compression_level: int = 3,
     compute: bool = True,
+    progress: bool = False,
 ) -> Any:
     """Write a Dataset to a sharded, zstd-compressed, consolidated Zarr v3 store.
 
@@ -314,6 +318,10 @@ def to_zarr(
     compute : bool
         Write the data now (True) or return the delayed write; the metadata is written
         either way.
+    progress : bool
+        Show a progress bar on stderr while writing (``compute=True`` only): Dask's
+        ``ProgressBar`` on local schedulers, ``distributed.progress`` when the active
+        scheduler is a ``distributed`` client.
 
     Returns
     -------
@@ -378,5 +386,162 @@ def to_zarr(
     delayed = _write_regions(ds, store, storage_options, fs, root, done)
     if not compute:
         return delayed
-    delayed.compute()
+    if progress:
+        _compute_with_progress(delayed)
+    else:
+        delayed.compute()
     return None
+
+
+def _active_client() -> Any:
+    """The ``distributed`` client that ``compute()`` would use now, or None."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    # A client may exist while dask.config picks another scheduler (e.g. "threads").
+    return client if get_scheduler() == client.get else None
+
+
+def _compute_with_progress(delayed: Delayed) -> None:
+    client = _active_client()
+    if client is None:
+        from dask.diagnostics import ProgressBar
+
+        # stderr: stdout stays for results that scripts may parse.
+        with ProgressBar(out=sys.stderr):
+            delayed.compute()
+        return
+    from distributed import progress
+
+    future = client.compute(delayed)
+    # The local ProgressBar sees no tasks run on a cluster; this one follows the
+    # scheduler's task states and returns once the write is finished (or failed). It
+    # prints to stdout: send it to stderr like the local one.
+    with redirect_stdout(sys.stderr):
+        progress(future, notebook=False)
+    future.result()
+
+
+@dataclass
+class StoreInfo:
+    """What a store written by :func:`to_zarr` holds, from its metadata only.
+
+    Attributes
+    ----------
+    store : str
+        The path or URL given.
+    complete : bool
+        Whether every region was written (the metadata is consolidated).
+    regions_done, regions_total : int
+        Shard-aligned regions written so far, and in all (equal when complete).
+    variables : dict
+        Per regional variable: ``dims``, ``shape``, ``dtype``, ``chunks`` (inner) and
+        ``shards``.
+    sizes : dict
+        Dimension sizes.
+    crs : str or None
+        The CRS (``EPSG:…`` when it has a code, WKT otherwise) read back by rioxarray.
+    transform : tuple of float or None
+        Affine ``(a, b, c, d, e, f)`` of the pixel grid.
+    bands : list of str
+        Labels of the ``band`` coordinate.
+    attrs : dict
+        The Dataset attributes (method, band pairing, provenance).
+    """
+
+    store: str
+    complete: bool
+    regions_done: int
+    regions_total: int
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None
+    bands: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(
+    store: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> StoreInfo:
+    """Describe a store written by :func:`to_zarr`, complete or interrupted.
+
+    Only metadata and coordinates are read, so this is cheap on remote stores.
+
+    Parameters
+    ----------
+    store : str or os.PathLike
+        Local path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options for remote stores.
+
+    Returns
+    -------
+    StoreInfo
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing readable as a Zarr group at ``store``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({"prediction": (("band", "y", "x"), np.zeros((1, 4, 4), "f4"))})
+    >>> to_zarr(ds, "memory://doc-describe.zarr")
+    >>> info = describe("memory://doc-describe.zarr")
+    >>> info.complete, info.variables["prediction"]["shape"]
+    (True, (1, 4, 4))
+    """
+    import rioxarray  # noqa: F401  (registers .rio, which reads the CF grid mapping)
+
+    store = os.fspath(store)
+    kwargs = _zarr_kwargs(storage_options)
+    try:
+        group = zarr.open_group(store, mode="r", **kwargs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
+        raise FileNotFoundError(f"no Zarr store at {store}") from err
+    complete = group.metadata.consolidated_metadata is not None
+    with _quiet_zarr():
+        ds = xr.open_zarr(store, consolidated=complete, **kwargs)
+        arrays = {name: group[name] for name in ds.data_vars}
+    variables: dict[str, dict[str, Any]] = {}
+    total = 0
+    for name, var in ds.data_vars.items():
+        arr = arrays[name]
+        shards = arr.shards or arr.chunks
+        variables[name] = {
+            "dims": var.dims,
+            "shape": var.shape,
+            "dtype": str(var.dtype),
+            "chunks": arr.chunks,
+            "shards": shards,
+        }
+        if set(_REGION_DIMS) <= set(var.dims) and not total:
+            total = int(
+                np.prod([-(-var.sizes[d] // shards[var.dims.index(d)]) for d in _REGION_DIMS])
+            )
+    if complete:
+        done = total
+    else:
+        fs, root = fsspec.core.url_to_fs(store, **(storage_options or {}))
+        done = len(_done_regions(fs, root.rstrip("/")))
+    crs = ds.rio.crs
+    transform = None
+    if {"x", "y"} <= set(ds.dims):
+        transform = tuple(float(v) for v in ds.rio.transform())[:6]
+    return StoreInfo(
+        store=store,
+        complete=complete,
+        regions_done=done,
+        regions_total=total,
+        variables=variables,
+        sizes={str(k): int(v) for k, v in ds.sizes.items()},
+        crs=None if crs is None else (crs.to_string()),
+        transform=transform,
+        bands=[str(b) for b in ds["band"].values] if "band" in ds.coords else [],
+        attrs=dict(ds.attrs),
+    )

@@ -1,0 +1,610 @@
+"""The ``xharmonise`` command: fit, predict, report, info and demo.
+
+Each subcommand is a thin layer over the library: it opens the inputs lazily with
+rioxarray, calls :func:`xharmonise.fit`, :func:`xharmonise.predict`,
+:func:`xharmonise.to_zarr` or :func:`xharmonise.plot.report`, and prints what a user
+needs to judge the result (the metrics table, what was written where).
+
+Exit codes: 0 on success; 1 when the library refuses an input (any
+:class:`~xharmonise.errors.HarmoniseError`), an input cannot be read or an output
+cannot be written; 2 for usage errors. Errors are one line on stderr,
+``xharmonise: error: <message>``; ``--debug`` re-raises them with their traceback.
+Progress bars (training, Zarr writes) go to stderr, so stdout holds only results;
+``--quiet`` turns them off.
+
+Examples
+--------
+>>> from xharmonise.cli import main
+>>> main(["fit", "--method", "nope", "src.tif", "ref.tif"])  # doctest: +SKIP
+xharmonise: error: argument --method: invalid choice: 'nope' ...
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from xharmonise.harmoniser import Harmoniser
+    from xharmonise.store import StoreInfo
+
+__all__ = ["InputError", "format_metrics", "format_store_info", "main", "open_raster"]
+
+PROG = "xharmonise"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# Reading chunks: one Dask chunk per Zarr shard downstream (store.py's default shard).
+_CHUNK = 2048
+_METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
+
+
+class InputError(Exception):
+    """An input that cannot be opened or read, or an output that cannot be written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (the usage text is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --------------------------------------------------------------------------- helpers
+def open_raster(path: str, *, what: str = "input", chunks: int = _CHUNK) -> xr.DataArray:
+    """Open a raster lazily as (band, y, x) with Dask chunks, or raise :class:`InputError`.
+
+    Parameters
+    ----------
+    path : str
+        A local file or anything rasterio reads (``/vsicurl/…``, ``s3://…``).
+    what : str
+        How to name the input in error messages ("the source", "the mask").
+    chunks : int
+        Chunk side in pixels along ``y`` and ``x``; bands are one chunk.
+
+    Returns
+    -------
+    xarray.DataArray
+        Integer DN keep their dtype, ``scale_factor``/``add_offset`` and no-data
+        attributes, which :func:`xharmonise.fit` turns into reflectance.
+    """
+    import rasterio.errors
+    import rioxarray
+
+    local = "://" not in path and not path.startswith("/vsi")
+    if local and not Path(path).is_file():
+        raise InputError(f"{what} {path} does not exist or is not a file")
+    try:
+        da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks})
+    except (rasterio.errors.RasterioError, OSError) as err:
+        raise InputError(f"cannot read {what} {path}: {_one_line(err)}") from err
+    if not hasattr(da, "dims") or isinstance(da, list) or "band" not in da.dims:
+        raise InputError(
+            f"{what} {path} holds several subdatasets: open one of them (its GDAL name)"
+        )
+    return da
+
+
+def _open_mask(path: str, chunks: int) -> xr.DataArray:
+    # A 1-band 0/1 (or boolean) raster on the reference grid; no-data counts as clear.
+    mask = open_raster(path, what="the mask", chunks=chunks)
+    nodata = mask.rio.nodata
+    cloud = mask.isel(band=0) > 0
+    if nodata is not None:
+        cloud = cloud & (mask.isel(band=0) != nodata)
+    return cloud
+
+
+def parse_bands(text: str) -> dict[str, str] | list[str]:
+    """Parse ``--bands``: ``"B0=B2,B1=B3"`` (pairs) or ``"B2,B3,B4,B8"`` (reference bands).
+
+    Examples
+    --------
+    >>> parse_bands("B0=B2, B1=B3")
+    {'B0': 'B2', 'B1': 'B3'}
+    >>> parse_bands("B2,B3")
+    ['B2', 'B3']
+    """
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give bands as SRC=REF pairs or a list of REF bands")
+    pairs = [t.partition("=") for t in items]
+    if all(eq for _, eq, _ in pairs):
+        if any(not s.strip() or not r.strip() for s, _, r in pairs):
+            raise argparse.ArgumentTypeError(f"{text!r}: each pair is SRC=REF, e.g. B0=B2")
+        return {s.strip(): r.strip() for s, _, r in pairs}
+    if any(eq for _, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} mixes SRC=REF pairs and plain names: use one form"
+        )
+    return items
+
+
+def parse_scale(text: str) -> float | tuple[float | None, float | None]:
+    """Parse ``--scale``: one DN scale for both inputs, or ``SRC,REF`` (either may be empty).
+
+    Examples
+    --------
+    >>> parse_scale("1e-4")
+    0.0001
+    >>> parse_scale(",1e-4")
+    (None, 0.0001)
+    """
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) if p else None for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scale: give a number (1e-4) or SRC,REF (1e-4,1e-4)"
+        ) from None
+    if len(values) == 1 and values[0] is not None:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"{text!r}: give one scale or SRC,REF")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def format_metrics(model: Harmoniser) -> str:
+    """The model's test-split metrics as a text table: one row per band and metric.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> print(format_metrics(model).splitlines()[1])
+    band  metric                initial    linear     model
+    """
+    table = model.metrics
+    stages = [str(s) for s in table["stage"].values]
+    head = f"{'band':<5} {'metric':<18} " + " ".join(f"{s:>9}" for s in stages)
+    title = (
+        f"test-split metrics, reflectance units ({model.patches.get('train', 0)} train / "
+        f"{model.patches.get('test', 0)} test patches)"
+    )
+    lines = [title, head]
+    for band in table["band"].values:
+        for metric in table["metric"].values:
+            values = table.sel(band=band, metric=metric).values
+            cells = " ".join(f"{v:>9.4f}" for v in values)
+            lines.append(f"{band!s:<5} {metric!s:<18} {cells}")
+    return "\n".join(lines)
+
+
+def format_store_info(info: StoreInfo) -> str:
+    """Text shown by ``xharmonise info``: one ``key  value`` line per fact."""
+    status = (
+        "complete"
+        if info.complete
+        else f"INCOMPLETE: {info.regions_done} of {info.regions_total} regions written "
+        "(finish it with `xharmonise predict --resume`)"
+    )
+    rows: list[tuple[str, str]] = [("store", info.store), ("status", status)]
+    sizes = ", ".join(f"{k}: {v}" for k, v in info.sizes.items())
+    rows.append(("dimensions", sizes))
+    for name, v in info.variables.items():
+        shape = " x ".join(map(str, v["shape"]))
+        rows.append(
+            (
+                f"variable {name}",
+                f"{v['dtype']} ({', '.join(v['dims'])}) {shape}, "
+                f"chunks {tuple(v['chunks'])}, shards {tuple(v['shards'])}",
+            )
+        )
+    rows.append(("crs", info.crs or "none"))
+    if info.transform is not None:
+        rows.append(("transform", "(" + ", ".join(f"{t:.15g}" for t in info.transform) + ")"))
+    rows.append(("bands", ", ".join(info.bands) or "none"))
+    for key, value in info.attrs.items():
+        text = ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _cli_wording(message: str) -> str:
+    # Library messages name keyword arguments; on the command line the fix is a flag.
+    for api, flag in (("mode='w'", "--overwrite"), ("resume=True", "--resume")):
+        message = message.replace(api, flag)
+    return message
+
+
+@contextmanager
+def _scheduler(address: str | None) -> Iterator[None]:
+    """The threaded scheduler, or a ``distributed`` client of the cluster at ``address``."""
+    if address is None:
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            yield
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as err:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {_one_line(err)}") from err
+    with client:
+        yield
+
+
+def _echo(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import xharmonise
+
+    src = open_raster(args.src, what="the source", chunks=args.chunks)
+    ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
+    mask = _open_mask(args.mask, args.chunks) if args.mask else None
+    with _scheduler(None):
+        model = xharmonise.fit(
+            src,
+            ref,
+            method=args.method,
+            variance=args.variance,
+            mask=mask,
+            bands=args.bands,
+            scale=args.scale,
+            iterations=args.iterations,
+            patch_size=args.patch_size,
+            max_patches=args.max_patches,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    _echo(model)
+    _echo(format_metrics(model))
+    if model.method == "bcnet":
+        shift = model.shift
+        _echo("learned shift (m, east north): " + _format_shift(shift))
+    out = model.save(args.out)
+    _echo(f"wrote {out}")
+    return EXIT_OK
+
+
+def _format_shift(shift: xr.DataArray) -> str:
+    return ", ".join(
+        f"{b}=({float(shift.sel(band=b, axis='east')):+.2f}, "
+        f"{float(shift.sel(band=b, axis='north')):+.2f})"
+        for b in shift["band"].values
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import xharmonise
+    from xharmonise.errors import StoreExistsError
+
+    model = xharmonise.load(args.model)
+    src = open_raster(args.src, what="the source", chunks=args.chunks)
+    t0 = time.perf_counter()
+    with _scheduler(args.scheduler):
+        out = xharmonise.predict(src, model, variance=not args.no_variance, scale=args.scale)
+        try:
+            xharmonise.to_zarr(
+                out,
+                args.out,
+                mode="w" if args.overwrite else "w-",
+                resume=args.resume,
+                progress=not args.quiet,
+            )
+        except StoreExistsError as err:
+            raise StoreExistsError(_cli_wording(str(err))) from None
+    shape = " x ".join(map(str, out["prediction"].shape))
+    _echo(
+        f"wrote {args.out}: {', '.join(out.data_vars)} ({shape}) in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import xharmonise
+    from xharmonise.plot import report
+
+    model = xharmonise.load(args.model)
+    src = prediction = None
+    if args.src:
+        src = open_raster(args.src, what="the source", chunks=args.chunks)
+        prediction = xharmonise.predict(src, model, scale=args.scale)
+    with _scheduler(None):
+        path = report(model, args.out, src=src, prediction=prediction, title=args.title)
+    _echo(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from xharmonise.store import describe
+
+    try:
+        info = describe(args.store)
+    except FileNotFoundError as err:
+        raise InputError(f"{_one_line(err)}: check the path or URL") from None
+    _echo(format_store_info(info))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from xharmonise.demo import run
+
+    given = [n for n in ("src", "ref") if getattr(args, n)]
+    if len(given) == 1:
+        raise _usage(args, "--src and --ref go together: give both, or neither to simulate")
+    if args.mask and not given:
+        raise _usage(args, "--mask needs --src and --ref (the simulated pair has its own)")
+    src = ref = mask = None
+    if given:
+        src = open_raster(args.src, what="the source", chunks=args.chunks)
+        ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
+        mask = _open_mask(args.mask, args.chunks) if args.mask else None
+    run(
+        args.out,
+        src=src,
+        ref=ref,
+        mask=mask,
+        size=args.size,
+        method=args.method,
+        variance=args.variance,
+        iterations=args.iterations,
+        seed=args.seed,
+        chunks=args.chunks,
+        progress=not args.quiet,
+        echo=_echo,
+    )
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(args: argparse.Namespace, message: str) -> _UsageError:
+    return _UsageError(f"{message} (see '{PROG} {args.command} --help')")
+
+
+# --------------------------------------------------------------------------- parser
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS: a subcommand's flag only overrides the top-level one when given, so
+    # `xharmonise --quiet fit …` and `xharmonise fit --quiet …` both work.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback of errors",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xharmonise`` argument parser (subcommands fit, predict, report, info, demo)."""
+    from xharmonise import __doc__ as summary
+
+    parser = _Parser(
+        prog=PROG,
+        description=summary,
+        epilog="Exit codes: 0 success, 1 error (bad or unreadable input), 2 usage error.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common()]
+    chunks = argparse.ArgumentParser(add_help=False)
+    chunks.add_argument(
+        "--chunks",
+        type=_positive,
+        default=_CHUNK,
+        metavar="PX",
+        help=f"Dask chunk side for reading rasters, in pixels (default {_CHUNK})",
+    )
+
+    p = sub.add_parser(
+        "fit",
+        parents=[*common, chunks],
+        help="learn a mapping from a source and a reference image",
+        description="Learn a mapping that makes SRC reflectances consistent with REF; write "
+        "the model file and print the test-split metrics.",
+    )
+    p.add_argument("src", help="high-resolution source raster (e.g. Pleiades, 2 m)")
+    p.add_argument("ref", help="reference raster (e.g. Sentinel-2 L2A, 10 m)")
+    p.add_argument("--method", choices=_METHODS, default="calibnet", help="default calibnet")
+    p.add_argument("--variance", action="store_true", help="add the variance head")
+    p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
+    p.add_argument(
+        "--bands",
+        type=parse_bands,
+        metavar="PAIRS",
+        help="band pairing, SRC=REF pairs ('B0=B2,B1=B3') or REF bands in SRC order",
+    )
+    p.add_argument(
+        "--scale",
+        type=parse_scale,
+        metavar="S",
+        help="DN scale of integer inputs without scale_factor: one value or SRC,REF",
+    )
+    p.add_argument("--iterations", type=_positive, help="training iterations (neural methods)")
+    p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
+    p.add_argument("--max-patches", type=_positive, metavar="N", help="use at most N patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument(
+        "-o", "--out", default="model.safetensors", metavar="MODEL", help="model file to write"
+    )
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[*common, chunks],
+        help="apply a model to a raster and write a Zarr store",
+        description="Apply a fitted model to SRC at its own resolution, lazily, and write "
+        "the prediction (and variance) to a sharded Zarr v3 store.",
+    )
+    p.add_argument("src", help="source raster to harmonise")
+    p.add_argument("-m", "--model", required=True, help="model file written by `fit`")
+    p.add_argument("-o", "--out", required=True, metavar="STORE", help="local path or URL")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: threads)"
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="finish an interrupted write")
+    how.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--no-variance", action="store_true", help="leave the variance out")
+    p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "report",
+        parents=[*common, chunks],
+        help="write a model's HTML report",
+        description="Write an HTML report of a model (metrics, scatter plots, training "
+        "curves, filters), with images of SRC and its prediction when --src is given.",
+    )
+    p.add_argument("model", help="model file written by `fit`")
+    p.add_argument("-o", "--out", default="report.html", help="default report.html")
+    p.add_argument("--src", help="source raster to show with its prediction")
+    p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
+    p.add_argument("--title")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "info",
+        parents=common,
+        help="describe a Zarr store written by `predict`",
+        description="Print the variables, shape, chunks and shards, CRS, transform, bands, "
+        "method and provenance of a store (local path or fsspec URL).",
+    )
+    p.add_argument("store", help="local path or URL (s3://…, file://…)")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "demo",
+        parents=common,
+        help="the main job: simulate (or read) a pair, fit, predict, report",
+        description="Simulate a top-of-atmosphere Pleiades / Sentinel-2 pair with "
+        "unmasked source clouds and a mis-registration (or read --src/--ref), fit BCNet "
+        "with the variance head, print the metrics, and write OUT/harmonised.zarr, "
+        "OUT/model.safetensors and OUT/report.html.",
+    )
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--src", help="source raster instead of the simulated one")
+    p.add_argument("--ref", help="reference raster instead of the simulated one")
+    p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
+    p.add_argument(
+        "--size", type=_positive, default=2000, metavar="PX", help="simulated source side"
+    )
+    p.add_argument("--method", choices=_METHODS, default="bcnet", help="default bcnet")
+    p.add_argument(
+        "--variance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="variance head (default on)",
+    )
+    p.add_argument("--iterations", type=_positive, help="training budget (default: the CPU one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunks", type=_positive, default=1024, metavar="PX", help="default 1024")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"{PROG} {version('xharmonise')}"
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings as ``xharmonise: warning: …`` lines instead of file:line + source."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xharmonise`` command line; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 success, 1 error, 2 usage error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version and usage errors end here
+        return int(stop.code or 0) if isinstance(stop.code, int | None) else EXIT_USAGE
+    try:
+        with _one_line_warnings():
+            return int(args.func(args))
+    except _UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_describe(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _describe(err: Exception) -> str:
+    """One line for an error: the message of expected ones, the type too for the rest."""
+    import rasterio.errors
+
+    from xharmonise.errors import HarmoniseError
+
+    if isinstance(err, HarmoniseError | InputError):
+        return _one_line(err)
+    if isinstance(err, rasterio.errors.RasterioError | OSError):
+        # Raised while Dask reads or writes blocks: a file went missing, a disk filled up.
+        return f"{type(err).__name__}: {_one_line(err)}"
+    return (
+        f"unexpected {type(err).__name__}: {_one_line(err)} (rerun with --debug for the "
+        "traceback, and please report it)"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
