@@ -374,7 +374,10 @@ def _reproject(flags: xr.DataArray, target: GeoBox) -> xr.DataArray:
     """Other CRS: odc-geo nearest reprojection; pixels outside the source become True."""
     from odc.geo.xr import xr_reproject
 
-    out = xr_reproject(flags.astype(np.uint8), target, resampling="nearest", dst_nodata=1)
+    # No attributes: odc-geo would read the product's _FillValue as the flags' no-data.
+    flags = flags.astype(np.uint8).drop_attrs(deep=False)
+    flags.encoding = {}
+    out = xr_reproject(flags, target, resampling="nearest", dst_nodata=1)
     out = out.rename(dict(zip(out.dims, ("y", "x"), strict=True)))
     return (out != 0).drop_vars([c for c in out.coords if c not in ("y", "x")])
 
