@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
     from xharmonise.store import StoreInfo
 
-__all__ = ["InputError", "format_metrics", "format_store_info", "main", "open_raster"]
+__all__ = [
+    "InputError",
+    "format_metrics",
+    "format_store_info",
+    "main",
+    "open_raster",
+    "shift_estimates",
+]
 
 PROG = "xharmonise"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -280,20 +287,38 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         )
     _echo(model)
     _echo(format_metrics(model))
-    if model.method == "bcnet":
-        shift = model.shift
-        _echo("learned shift (m, east north): " + _format_shift(shift))
+    shifts = shift_estimates(model)
+    if shifts:
+        _echo(f"shift of the source, m (east, north), band mean: {_format_shifts(shifts)}")
     out = model.save(args.out)
     _echo(f"wrote {out}")
     return EXIT_OK
 
 
-def _format_shift(shift: xr.DataArray) -> str:
-    return ", ".join(
-        f"{b}=({float(shift.sel(band=b, axis='east')):+.2f}, "
-        f"{float(shift.sel(band=b, axis='north')):+.2f})"
-        for b in shift["band"].values
-    )
+def shift_estimates(model: Harmoniser) -> dict[str, tuple[float, float]]:
+    """The model's shift estimates, mean over bands, as ``{estimate: (east, north)}`` metres.
+
+    Empty when the model has none (only BCNet's filters and a fit-time phase correlation
+    give one).
+    """
+    try:
+        shift = model.shift
+    except AttributeError:
+        return {}
+    if "estimate" not in shift.dims:  # models with the filter estimate only
+        shift = shift.expand_dims(estimate=["filter"])
+    mean = shift.mean("band")
+    return {
+        str(e): (
+            float(mean.sel(estimate=e, axis="east")),
+            float(mean.sel(estimate=e, axis="north")),
+        )
+        for e in mean["estimate"].values
+    }
+
+
+def _format_shifts(shifts: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{name} ({e:+.2f}, {n:+.2f})" for name, (e, n) in shifts.items())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -371,6 +396,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         method=args.method,
         variance=args.variance,
         iterations=args.iterations,
+        patch_size=args.patch_size,
         seed=args.seed,
         chunks=args.chunks,
         progress=not args.quiet,
@@ -529,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="variance head (default on)",
     )
     p.add_argument("--iterations", type=_positive, help="training budget (default: the CPU one)")
+    p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunks", type=_positive, default=1024, metavar="PX", help="default 1024")
     p.set_defaults(func=_cmd_demo)

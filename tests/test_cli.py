@@ -1,0 +1,351 @@
+"""The ``xharmonise`` command line, run as a user runs it: in a subprocess.
+
+Every command runs through ``python -m xharmonise`` (one through the installed console
+script); results are checked against the library called in-process on the same files,
+and against the simulator's truth where the command computes something.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+from conftest import FailAfter, local_cluster
+from dask.utils import key_split
+
+import xharmonise
+from xharmonise.simulate import simulate_pair
+
+# Generous: a loaded 2-core machine; a hung command must still end the test.
+_TIMEOUT = 600
+# Commands must be as warning-free as the library under pytest: warnings are errors, but
+# for the two third-party deprecations pyproject.toml also ignores (odc-geo's, not ours).
+_ENV = dict(
+    os.environ,
+    PYTHONWARNINGS=",".join(
+        [
+            "error",
+            "ignore:Use `@` matmul instead of `*` mul operator:PendingDeprecationWarning",
+            "ignore:The 'shapely.ops.transform()' function is deprecated:DeprecationWarning",
+        ]
+    ),
+)
+
+
+def xh(
+    *args: str | os.PathLike[str], script: bool = False, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``xharmonise ARGS`` in a fresh process; never raises on a non-zero exit."""
+    cmd = (
+        [str(Path(sys.executable).with_name("xharmonise"))]
+        if script
+        else [
+            sys.executable,
+            "-m",
+            "xharmonise",
+        ]
+    )
+    return subprocess.run(
+        [*cmd, *map(str, args)], capture_output=True, text=True, timeout=_TIMEOUT, cwd=cwd, env=_ENV
+    )
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
+    """The single stderr line of a failed command (asserting there is exactly one)."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("xharmonise: error: "), lines[0]
+    return lines[0]
+
+
+def _open(path: Path, chunks: int = 128) -> xr.DataArray:
+    return rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks})
+
+
+@pytest.fixture(scope="module")
+def pair():
+    # 80 x 80 reference pixels: 25 patches of 16, the no-data border and clouds leave
+    # enough for a split.
+    return simulate_pair((400, 400), seed=11, nodata_border=10, ref_clouds=0.1)
+
+
+@pytest.fixture(scope="module")
+def files(pair, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("cli")
+    paths = pair.to_geotiff(folder)
+    paths["garbage"] = folder / "garbage.tif"
+    paths["garbage"].write_bytes(b"not a raster\n" * 10)
+    paths["folder"] = folder
+    return paths
+
+
+@pytest.fixture(scope="module")
+def linear_fit(files) -> tuple[Path, subprocess.CompletedProcess]:
+    model = files["folder"] / "linear.safetensors"
+    proc = _ok(
+        xh(
+            "fit", files["src"], files["ref"], "--method", "linear", "--mask", files["mask"],
+            "--patch-size", "16", "--out", model, "--quiet",
+        )
+    )  # fmt: skip
+    return model, proc
+
+
+# --------------------------------------------------------------------------- fit
+def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
+    path, proc = linear_fit
+    model = xharmonise.load(path)
+    # The same fit in-process on the simulated arrays (float32 GeoTIFFs are lossless).
+    # The files number their bands (1-4), which picks the default MTF for every band:
+    # number them here too. Only the summation order of lazy reductions may differ.
+    numbered = {"band": ["1", "2", "3", "4"]}
+    expected = xharmonise.fit(
+        pair.src.assign_coords(numbered),
+        pair.ref.assign_coords(numbered),
+        method="linear",
+        mask=pair.mask,
+        patch_size=16,
+        progress=False,
+    )
+    np.testing.assert_allclose(model.linear, expected.linear, rtol=1e-5, atol=1e-6)
+    assert model.patches == expected.patches
+    assert model.patches["cloudy"] > 0  # the mask file was used
+    # The printed table is the model's: one row per band x metric, stages as columns.
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\d\s", line)]
+    assert len(rows) == 4 * model.metrics.sizes["metric"]
+    _, metric, *values = rows[0]
+    np.testing.assert_allclose(
+        [float(v) for v in values],
+        model.metrics.isel(band=0).sel(metric=metric).values,
+        atol=5e-5,  # printed with 4 decimals
+    )
+    assert proc.stdout.strip().endswith(f"wrote {path}")
+    assert proc.stderr == ""  # --quiet: no progress bar, and no warning either
+
+
+def test_fit_band_options(files, tmp_path):
+    out = tmp_path / "two.safetensors"
+    _ok(
+        xh(
+            "fit", files["src"], files["ref"], "--method", "linear", "--patch-size", "16",
+            "--bands", "1=1,3=3", "--scale", "1", "--out", out, "-q",
+        )
+    )  # fmt: skip
+    model = xharmonise.load(out)
+    assert (model.src_bands, model.ref_bands) == (["1", "3"], ["1", "3"])
+    assert model.linear.shape == (2, 3)
+
+
+def test_fit_neural_with_progress(files, tmp_path):
+    out = tmp_path / "bcnet.safetensors"
+    proc = _ok(
+        xh(
+            "fit", files["src"], files["ref"], "--method", "bcnet", "--variance",
+            "--iterations", "4", "--patch-size", "16", "--mask", files["mask"], "--out", out,
+        )
+    )  # fmt: skip
+    assert "train bcnet" in proc.stderr  # the training progress bar, on stderr
+    assert re.search(r"shift of the source.*filter \([+-]\d", proc.stdout), proc.stdout
+    model = xharmonise.load(out)
+    assert (model.method, model.variance) == ("bcnet", True)
+    assert 0 < model.history["iterations_run"] <= 4
+
+
+# --------------------------------------------------------------------------- predict
+def test_predict_equals_library_and_info_describes_it(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    proc = _ok(xh("predict", files["src"], "--model", model, "--out", store, "--chunks", "128"))
+    assert "100% Completed" in proc.stderr  # the write's progress bar
+    expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
+    back = xr.open_zarr(store)
+    assert list(back.data_vars) == ["prediction"]  # linear models have no variance
+    np.testing.assert_array_equal(back["prediction"].values, expected["prediction"].values)
+    src = _open(files["src"])
+    assert back.rio.crs == src.rio.crs
+    assert back["prediction"].rio.transform() == src.rio.transform()
+
+    info = _ok(xh("info", store)).stdout
+    assert re.search(r"^status\s+complete$", info, re.M)
+    assert "float32 (band, y, x) 4 x 400 x 400" in info
+    assert "chunks (1, 128, 128), shards (4, 128, 128)" in info
+    assert re.search(r"^crs\s+EPSG:32631$", info, re.M)
+    transform = ", ".join(f"{v:.15g}" for v in tuple(src.rio.transform())[:6])
+    assert f"({transform})" in info
+    assert re.search(r"^method\s+linear$", info, re.M)
+    assert re.search(r"^xharmonise_version\s+\d", info, re.M)
+    # Any fsspec URL, and the installed console script, give the same description.
+    by_url = _ok(xh("info", f"file://{store}", script=True)).stdout
+    assert by_url.splitlines()[1:] == info.splitlines()[1:]
+
+
+def test_predict_refuses_existing_store_then_overwrites(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    _ok(xh("predict", files["src"], "-m", model, "-o", store, "-q"))
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    line = _one_line_error(xh("predict", files["src"], "-m", model, "-o", store), 1)
+    assert "--overwrite" in line and "--resume" in line
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == before
+    _ok(xh("predict", files["src"], "-m", model, "-o", store, "--overwrite", "-q"))
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} != before
+
+
+def test_predict_resume_completes_an_interrupted_store(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    # Interrupt, in-process, the very write the command makes: same data, same chunks.
+    lazy = xharmonise.predict(_open(files["src"]), xharmonise.load(model))
+    failing = lazy.copy()
+    data = lazy["prediction"].data.map_blocks(FailAfter(5), dtype=np.float32)
+    failing["prediction"] = lazy["prediction"].copy(data=data)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        xharmonise.to_zarr(failing, store)
+    done = {p.name for p in (store / ".xharmonise" / "done").iterdir()}
+    assert 0 < len(done) < 16
+
+    info = _ok(xh("info", store)).stdout
+    assert f"INCOMPLETE: {len(done)} of 16 regions written" in info
+    line = _one_line_error(xh("predict", files["src"], "-m", model, "-o", store), 1)
+    assert "--resume" in line
+
+    shards = store / "prediction" / "c" / "0"
+    before = {f"{p.parent.name}.{p.name}": p.stat().st_mtime_ns for p in shards.glob("*/*")}
+    time.sleep(0.01)  # so that a rewritten shard gets a later mtime
+    _ok(xh("predict", files["src"], "-m", model, "-o", store, "--resume", "--chunks", "128"))
+    after = {f"{p.parent.name}.{p.name}": p.stat().st_mtime_ns for p in shards.glob("*/*")}
+    assert len(after) == 16
+    assert all(after[k] == before[k] for k in done)  # finished regions left alone
+    assert not (store / ".xharmonise").exists()
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, lazy["prediction"].values
+    )
+    assert re.search(r"^status\s+complete$", _ok(xh("info", store)).stdout, re.M)
+
+
+@pytest.mark.slow
+def test_predict_on_a_cluster(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    with local_cluster() as client:
+        client.get_task_stream()  # the first call makes the scheduler start recording
+        proc = _ok(
+            xh(
+                "predict", files["src"], "-m", model, "-o", store, "--chunks", "128",
+                "--scheduler", client.scheduler.address,
+            )
+        )  # fmt: skip
+        # The cluster's workers ran the write: the scheduler recorded the region tasks.
+        tasks = [key_split(t["key"]) for t in client.get_task_stream()]
+        assert tasks.count("_RegionWriter") == 16
+    assert "100% Completed" in proc.stderr  # distributed's progress bar
+    expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, expected["prediction"].values
+    )
+
+
+# --------------------------------------------------------------------------- errors
+_ERRORS = [
+    (["fit", "{folder}/missing.tif", "{ref}"], 1, "does not exist"),
+    (["fit", "{garbage}", "{ref}"], 1, "cannot read the source"),
+    (["fit", "{src}", "{ref}", "--bands", "9=1", "--method", "linear"], 1, "unknown band"),
+    (["fit", "{src}", "{ref}", "--mask", "{folder}/none.tif"], 1, "the mask"),
+    (["fit", "{src}", "{ref}", "--bands", "1=,2"], 2, "--bands"),
+    (["fit", "{src}", "{ref}", "--method", "nope"], 2, "invalid choice"),
+    (["fit", "{src}", "{ref}", "--scale", "abc"], 2, "--scale"),
+    (["predict", "{src}", "-m", "{folder}/none.safetensors", "-o", "x.zarr"], 1, "no model"),
+    (["predict", "{src}", "-m", "{garbage}", "-o", "x.zarr"], 1, "not a readable"),
+    (["predict", "{src}", "-m", "m", "-o", "x.zarr", "--resume", "--overwrite"], 2, "not allowed"),
+    (["info", "{folder}/none.zarr"], 1, "no Zarr store"),
+    (["demo", "--src", "{src}"], 2, "--src and --ref"),
+    (["report", "{folder}/none.safetensors"], 1, "no model"),
+    ([], 2, "COMMAND"),
+    (["frobnicate"], 2, "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "says"), _ERRORS, ids=lambda v: str(v)[:40])
+def test_errors_are_one_line_with_exit_code(files, args, code, says, tmp_path):
+    names = {k: str(v) for k, v in files.items()}
+    # In an empty folder, where relative outputs (x.zarr) would land.
+    proc = xh(*(a.format(**names) for a in args), cwd=tmp_path)
+    line = _one_line_error(proc, code)
+    assert says in line, line
+    assert not list(tmp_path.iterdir())  # nothing written on failure
+
+
+def test_debug_shows_the_traceback(files):
+    proc = xh("--debug", "predict", files["src"], "-m", files["garbage"], "-o", "x.zarr")
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ModelFileError" in proc.stderr
+
+
+def test_help_and_version():
+    assert _ok(xh("--version")).stdout.startswith("xharmonise ")
+    usage = _ok(xh("--help")).stdout
+    assert all(c in usage for c in ("fit", "predict", "report", "info", "demo"))
+    # The old entry point of the main job still works, as `xharmonise demo`.
+    legacy = subprocess.run(
+        [sys.executable, "-m", "xharmonise.demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+    )
+    assert legacy.returncode == 0 and "usage: xharmonise demo" in legacy.stdout
+
+
+# --------------------------------------------------------------------------- report, demo
+def test_report_with_source(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    out = tmp_path / "report.html"
+    proc = _ok(xh("report", model, "--out", out, "--src", files["src"], "-q"))
+    assert proc.stdout.strip() == f"wrote {out}"
+    html = out.read_text()
+    assert "<html" in html.lower()
+    # Every image the page shows exists (inline data or a file next to it).
+    for ref in re.findall(r'<img[^>]+src="([^"]+)"', html):
+        assert ref.startswith("data:image/") or (out.parent / ref).is_file(), ref
+
+
+@pytest.mark.slow
+def test_demo_tiny(tmp_path):
+    out = tmp_path / "demo"
+    proc = _ok(
+        xh(
+            "demo", "--out", out, "--size", "400", "--patch-size", "16", "--iterations", "4",
+            "--chunks", "128", "--quiet",
+        )
+    )  # fmt: skip
+    assert {p.name for p in out.iterdir()} >= {
+        "harmonised.zarr",
+        "model.safetensors",
+        "report.html",
+        "inputs",
+    }
+    back = xr.open_zarr(out / "harmonised.zarr")
+    assert set(back.data_vars) == {"prediction", "variance"}  # BCNet + variance by default
+    assert back["prediction"].shape == (4, 400, 400)
+    model = xharmonise.load(out / "model.safetensors")
+    assert (model.method, model.variance) == ("bcnet", True)
+    assert "explained_variance" in proc.stdout  # the metrics table
+    # The truth check ran: a linear map at 2 m beats the untouched TOA source.
+    found = re.search(r"RMSE initial ([\d.]+), linear ([\d.]+), bcnet ([\d.]+)", proc.stdout)
+    assert found, proc.stdout
+    initial, linear, _ = map(float, found.groups())
+    assert linear < initial
+    assert re.search(r"shift by filter: \([+-]", proc.stdout), proc.stdout
