@@ -150,6 +150,7 @@ def test_fit_band_options(files, tmp_path):
     assert model.linear.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_fit_neural_with_progress(files, tmp_path):
     out = tmp_path / "bcnet.safetensors"
     proc = _ok(

@@ -13,6 +13,7 @@ from conftest import FailAfter
 import xharmonise
 from xharmonise.errors import StoreExistsError
 from xharmonise.simulate import simulate_pair
+from xharmonise.store import describe
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,7 @@ import sys, time
 import dask
 import xharmonise
 from xharmonise.simulate import simulate_pair
+from xharmonise.store import describe
 
 def slow(block):
     time.sleep(0.25)  # so that the parent can kill us half-way
@@ -199,3 +201,53 @@ def test_resume_refuses_another_layout(small_prediction, tmp_path):
     np.testing.assert_array_equal(
         xr.open_zarr(store)["prediction"].values, out["prediction"].values
     )
+
+
+# --- Progress and description ----------------------------------------------------------
+
+
+def test_progress_bar_goes_to_stderr_only_when_asked(small_prediction, tmp_path, capfd):
+    _, out = small_prediction
+    xharmonise.to_zarr(out, tmp_path / "quiet.zarr")
+    assert capfd.readouterr() == ("", "")
+    xharmonise.to_zarr(out, tmp_path / "loud.zarr", progress=True)
+    captured = capfd.readouterr()
+    assert captured.out == ""  # stdout stays for results
+    assert "100% Completed" in captured.err
+    np.testing.assert_array_equal(
+        xr.open_zarr(tmp_path / "loud.zarr")["prediction"].values, out["prediction"].values
+    )
+
+
+def test_describe_complete_store(small_prediction, tmp_path):
+    _, out = small_prediction
+    path = tmp_path / "out.zarr"
+    xharmonise.to_zarr(out, path)
+    info = describe(path)
+    assert (info.complete, info.regions_done, info.regions_total) == (True, 16, 16)
+    assert info.variables["prediction"] == {
+        "dims": ("band", "y", "x"),
+        "shape": (4, 256, 256),
+        "dtype": "float32",
+        "chunks": (1, 64, 64),
+        "shards": (4, 64, 64),
+    }
+    assert info.sizes == {"band": 4, "y": 256, "x": 256}
+    assert info.crs == "EPSG:32631"
+    assert info.transform == tuple(out["prediction"].rio.transform())[:6]
+    assert info.bands == ["B2", "B3", "B4", "B8"]
+    assert info.attrs["method"] == "linear"
+    assert info.attrs["source_bands"] == ["B0", "B1", "B2", "B3"]
+
+
+def test_describe_interrupted_and_missing_stores(small_prediction, tmp_path):
+    _, out = small_prediction
+    store = tmp_path / "out.zarr"
+    _interrupted(out, str(store), 6)
+    info = describe(store)
+    assert not info.complete
+    assert info.regions_done == len(_done(store)) and 0 < info.regions_done < 16
+    assert info.regions_total == 16
+    assert info.variables["prediction"]["shape"] == (4, 256, 256)
+    with pytest.raises(FileNotFoundError, match="no Zarr store"):
+        describe(tmp_path / "absent.zarr")
