@@ -6,7 +6,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.ndimage import gaussian_filter
 
 from xharmonise import metrics
-from xharmonise.metrics import high_frequency_energy, roc_auc
+from xharmonise.metrics import high_frequency_energy, high_frequency_transfer, roc_auc
 
 
 def _random(seed=0, shape=(3, 500)):
@@ -102,3 +102,16 @@ def test_high_frequency_energy_splits_the_spectrum_and_sees_blur():
     assert (high_frequency_energy(blurred, 0.1) < 0.01 * high_frequency_energy(img, 0.1)).all()
     with pytest.raises(ValueError, match="finite"):
         high_frequency_energy(np.where(img > 2, np.nan, img), 0.1)
+    with pytest.raises(ValueError, match="differ"):
+        high_frequency_transfer(img, img[:, 1:], 0.1)
+
+
+def test_high_frequency_transfer_measures_blur_not_noise():
+    rng = np.random.default_rng(6)
+    detail = rng.normal(size=(2, 128, 128))
+    noisy = 1.3 * detail + rng.normal(scale=0.5, size=detail.shape) + 4.0
+    # A gain passes through, noise and offsets do not count.
+    np.testing.assert_allclose(high_frequency_transfer(noisy, detail, 0.1), 1.3, atol=0.03)
+    blurred = gaussian_filter(detail, sigma=(0, 1.0, 1.0))
+    ratio = high_frequency_transfer(blurred, detail, 0.1)
+    assert (ratio < 0.5).all()
