@@ -69,6 +69,9 @@ _MAX_CROP = 512
 _STRETCH = (2.0, 98.0)
 _VARIANCE_LIMITS = (0.5, 99.9)
 _DPI = 100
+# Pixels predicted around the window when report() predicts it itself: more than the
+# receptive field of any model (pixelwise ones need none), so the window is exact.
+_PREDICT_MARGIN = 16
 # Colour triples by naming convention, tried on the reference (prediction) band names
 # first, then on the source's: Sentinel-2, Pleiades, then generic names.
 _RGB_TRIPLES = (("B4", "B3", "B2"), ("B2", "B1", "B0"), ("RED", "GREEN", "BLUE"), ("R", "G", "B"))
@@ -259,6 +262,7 @@ def _compute_crop(
     scale: float | None,
     need_src: bool,
     need_variance: bool,
+    origin: tuple[int, int] = (0, 0),
 ) -> _Crop:
     """Select the window lazily and compute only it, everything in one Dask pass."""
     import dask
@@ -301,7 +305,11 @@ def _compute_crop(
         variance=None if v is None else np.asarray(v.values, dtype=np.float32),
         src_names=src_names,
         ref_names=[str(n) for n in pred["band"].values] if "band" in pred.coords else [],
-        window=window,
+        # Labelled in the full image's pixels when given a piece of it.
+        window=(
+            slice(window[0].start + origin[0], window[0].stop + origin[0]),
+            slice(window[1].start + origin[1], window[1].stop + origin[1]),
+        ),
         pixel=pixel,
     )
 
@@ -1124,18 +1132,39 @@ def report(
     crop_data = None
     if src is not None:
         src_da = _as_dataarray(src, "the source")
+        origin = (0, 0)
         if prediction is None:
             from xharmonise.api import predict
 
-            # Lazy: only the window below is ever computed.
+            # Predict the window only (with a margin for models that look at neighbours):
+            # a NumPy-backed src would otherwise be predicted whole.
+            ny, nx = src_da.sizes["y"], src_da.sizes["x"]
+            ys, xs = _resolve_crop((ny, nx), crop)
+            m = _PREDICT_MARGIN
+            outer = (
+                slice(max(0, ys.start - m), min(ny, ys.stop + m)),
+                slice(max(0, xs.start - m), min(nx, xs.stop + m)),
+            )
+            origin = (outer[0].start, outer[1].start)
+            src_da = src_da.isel(y=outer[0], x=outer[1])
             prediction = predict(src_da, model)
+            crop = (
+                slice(ys.start - origin[0], ys.stop - origin[0]),
+                slice(xs.start - origin[1], xs.stop - origin[1]),
+            )
         scale = None
         integer = np.issubdtype(src_da.dtype, np.integer)
         if integer and "scale_factor" not in src_da.attrs:
             scale = model.src_scale  # as predict does for a model trained on DN
         has_var = isinstance(prediction, xr.Dataset) and "variance" in prediction
         crop_data = _compute_crop(
-            src_da, prediction, crop, scale=scale, need_src=True, need_variance=has_var
+            src_da,
+            prediction,
+            crop,
+            scale=scale,
+            need_src=True,
+            need_variance=has_var,
+            origin=origin,
         )
     elif crop is not None:
         raise InputValueError("crop= needs src=: pass the image to crop")

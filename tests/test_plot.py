@@ -1,0 +1,304 @@
+"""Figures and the HTML report, from real (small, quickly) fitted models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import chunks_for
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import QuadMesh
+from PIL import Image
+
+import xharmonise
+from xharmonise import plot
+from xharmonise.errors import BandMismatchError, GridError, HarmoniseError, InputValueError
+from xharmonise.simulate import simulate_pair
+
+SIZE = 400  # source pixels: 80 x 80 reference pixels, 16 patches of 16 x 16
+ALL_SCATTERS = {f"scatter_{b}" for b in ("B2", "B3", "B4", "B8")}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _pair(chunks: int | None = None):
+    # The paper's hard case, small: TOA source, unmasked clouds, a 3.6 m shift.
+    return simulate_pair(
+        (SIZE, SIZE), seed=0, toa=True, src_clouds=0.05, shift=(3.0, -2.0), chunks=chunks
+    )
+
+
+def _fit(pair, method: str, **kw):
+    with dask.config.set(scheduler="synchronous"):
+        return xharmonise.fit(
+            pair.src, pair.ref, mask=pair.mask, method=method, patch_size=16, progress=False, **kw
+        )
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _pair()
+
+
+@pytest.fixture(scope="module")
+def bcnet(pair):
+    # A few iterations are enough: the report shows whatever the model learned.
+    return _fit(pair, "bcnet", variance=True, iterations=20)
+
+
+@pytest.fixture(scope="module")
+def bcnet_prediction(pair, bcnet):
+    # NumPy-backed, so computed here once for the tests that share it.
+    return xharmonise.predict(pair.src, bcnet)
+
+
+@pytest.fixture(scope="module")
+def calibnet(pair):
+    return _fit(pair, "calibnet", iterations=10)
+
+
+@pytest.fixture(scope="module")
+def linear(pair):
+    return _fit(pair, "linear")
+
+
+def _images(html: str) -> list[bytes]:
+    """Decoded bytes of every <img> of the page; fails on any non-data source."""
+    sources = re.findall(r"<img\b[^>]*\bsrc=['\"]([^'\"]*)['\"]", html)
+    assert len(sources) == html.count("<img"), "an <img> without a quoted src"
+    out = []
+    for src in sources:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        out.append(base64.b64decode(src.split(",", 1)[1], validate=True))
+    return out
+
+
+def _assert_self_contained(html: str) -> None:
+    assert not re.search(r"https?:", html, re.IGNORECASE)
+    assert not re.search(r"<(script|link|iframe|object|embed)\b", html, re.IGNORECASE)
+    assert "url(" not in html and "@import" not in html
+    for href in re.findall(r"href=['\"]([^'\"]*)['\"]", html):
+        assert href.startswith("#"), href  # in-page anchors only
+
+
+def _valid_png(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG_SIGNATURE)
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.size
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_bcnet_report_is_self_contained(tmp_path, pair, bcnet, bcnet_prediction):
+    out = plot.report(bcnet, tmp_path / "bcnet.html", src=pair.src, prediction=bcnet_prediction)
+
+    assert out == tmp_path / "bcnet.html"
+    html = out.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    files = _pngs(tmp_path / "bcnet_files")
+    expected = {"metrics", "loss_curves", "filters", "rgb_crop", "variance_map"} | ALL_SCATTERS
+    assert set(files) == expected
+    embedded = _images(html)
+    # Every figure is both embedded and on disk, byte for byte.
+    assert sorted(embedded) == sorted(files.values())
+    for data in embedded:
+        width, height = _valid_png(data)
+        assert width > 300 and height > 200
+    # The before/after crop is shown at full resolution: two 400-pixel panels at least.
+    assert _valid_png(files["rgb_crop"])[0] >= 2 * SIZE
+    for text in ("bcnet with variance head", "cpu", "Provenance", "rows 0:400, cols 0:400"):
+        assert text in html
+    # The metrics table holds the model's numbers.
+    rmse = float(bcnet.metrics.sel(band="B8", metric="rmse", stage="model"))
+    assert f"{rmse:.4f}" in html
+
+
+def test_linear_report_says_there_is_no_history(tmp_path, pair, linear):
+    out = plot.report(linear, tmp_path / "linear.html", src=pair.src, title="Linear <test>")
+
+    html = out.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    assert "No training history" in html and "closed form" in html
+    assert "<title>Linear &lt;test&gt;</title>" in html  # escaped, not injected
+    # No loss curves, no filters (bcnet only), no variance map (no variance head).
+    assert set(_pngs(tmp_path / "linear_files")) == {"metrics", "rgb_crop"} | ALL_SCATTERS
+    assert len(_images(html)) == 6
+
+
+def test_report_without_image(tmp_path, calibnet):
+    out = plot.report(calibnet, tmp_path / "r.html")
+
+    html = out.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    assert "No image was given" in html
+    assert set(_pngs(tmp_path / "r_files")) == {"metrics", "loss_curves"} | ALL_SCATTERS
+
+
+def test_saved_model_and_rerun_replacing_stale_figures(tmp_path, bcnet, linear):
+    # The CLI reports models read back from disk.
+    loaded = xharmonise.load(bcnet.save(tmp_path / "m.safetensors"))
+    path = tmp_path / "same.html"
+    html = plot.report(loaded, path).read_text(encoding="utf-8")
+    assert "filters" in _pngs(tmp_path / "same_files")
+    assert html.count("<img") == len(_pngs(tmp_path / "same_files"))
+    (tmp_path / "same_files" / "notes.txt").write_text("mine")
+    plot.report(linear, path)
+    assert "filters" not in _pngs(tmp_path / "same_files")
+    assert (tmp_path / "same_files" / "notes.txt").read_text() == "mine"  # not ours: kept
+
+
+def test_variance_map_only_with_a_variance_prediction(tmp_path, pair, bcnet, bcnet_prediction):
+    # What predict(..., variance=False) returns, without predicting again.
+    without = bcnet_prediction.drop_vars("variance")
+    out = plot.report(bcnet, tmp_path / "nv.html", src=pair.src, prediction=without)
+
+    assert "variance_map" not in _pngs(tmp_path / "nv_files")
+    assert "predict with variance=True" in out.read_text(encoding="utf-8")
+    with pytest.raises(InputValueError, match="variance=True"):
+        plot.variance_map(without)
+    fig = plot.variance_map(bcnet_prediction, band="B8")
+    image = fig.axes[0].get_images()[0]
+    assert image.norm.__class__.__name__ == "LogNorm"
+    assert 0 < image.norm.vmin < image.norm.vmax
+
+
+def test_scatter_counts_every_sample(bcnet, linear):
+    for model, n_panels in ((bcnet, 3), (linear, 2)):
+        n = len(model.samples["target"])
+        assert n > 100
+        for band in model.ref_bands:
+            fig = plot.scatter_density(model, band)
+            panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+            meshes = [c for ax in panels for c in ax.collections if isinstance(c, QuadMesh)]
+            assert len(meshes) == n_panels
+            for mesh in meshes:
+                assert mesh.get_array().sum() == n
+            stage_rmse = model.metrics.sel(band=band, metric="rmse")
+            titles = " ".join(ax.get_title() for ax in fig.axes)
+            for stage in ("initial", "linear"):
+                assert f"RMSE {float(stage_rmse.sel(stage=stage)):.4f}" in titles
+            assert all(ax.get_xlabel() and ax.get_ylabel() for ax in panels)
+            assert band in panels[0].get_xlabel()
+
+
+def test_loss_curves_show_the_linear_baseline(bcnet, calibnet, linear):
+    ref = calibnet.history["reference_loss"]
+    ax = plot.loss_curves(calibnet).axes[0]
+    flat = [line for line in ax.lines if np.allclose(line.get_ydata(), ref)]
+    assert flat and "linear baseline" in flat[0].get_label()
+    assert {"validation", "training (mean since last check)"} <= {
+        line.get_label() for line in ax.lines
+    }
+    # With a variance head the loss is an NLL: no baseline line, and the figure says why.
+    fig = plot.loss_curves(bcnet)
+    assert not any("linear baseline" in line.get_label() for line in fig.axes[0].lines)
+    assert "not comparable" in fig.get_supxlabel()
+    with pytest.raises(InputValueError, match="closed form"):
+        plot.loss_curves(linear)
+
+
+def test_filters_only_for_bcnet(bcnet, calibnet):
+    fig = plot.filters(bcnet)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == bcnet.n_bands
+    shift = plot._shift_estimates(bcnet)["filter"]
+    for ax, band, (east, north) in zip(panels, bcnet.ref_bands, shift, strict=True):
+        assert ax.get_title().startswith(f"{band}: E {east:+.2f} m, N {north:+.2f} m")
+        assert ax.get_xlabel() == "east (m)"
+    with pytest.raises(InputValueError, match="method='bcnet'"):
+        plot.filters(calibnet)
+
+
+def test_metric_bars(bcnet):
+    fig = plot.metric_bars(bcnet)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert [t.split(" (")[0] for t in titles] == ["RMSE", "R²", "explained variance", "max error"]
+    for ax in fig.axes:
+        # 4 bands x 3 stages; clipped bars are drawn at the floor, never below it.
+        assert len(ax.patches) == 12
+        assert min(p.get_y() + p.get_height() for p in ax.patches) >= -1.0 - 1e-9
+        assert ax.get_ylim()[1] > 0
+
+
+def test_rgb_crop_numpy_and_dask_agree(backend, pair, bcnet, bcnet_prediction):
+    crop = (slice(100, 260), slice(40, 200))
+    if backend == "numpy":
+        src, prediction = pair.src, bcnet_prediction
+    else:
+        src = _pair(chunks_for(backend)).src
+        prediction = xharmonise.predict(src, bcnet)  # lazy: only the crop is computed
+    fig = plot.rgb_crop(src, prediction, crop)
+    assert isinstance(fig.canvas, FigureCanvasAgg)
+    before, after = (ax.get_images()[0].get_array() for ax in fig.axes)
+    assert before.shape == after.shape == (160, 160, 4)
+    assert fig.axes[0].get_title() == "before: source B2/B1/B0"
+    assert fig.axes[1].get_title() == "after: prediction B4/B3/B2"
+    # The haze of the TOA source makes "before" brighter under the shared stretch.
+    assert before[..., :3].mean() > after[..., :3].mean()
+    reference = plot.rgb_crop(pair.src, bcnet_prediction, crop)
+    np.testing.assert_array_equal(before, reference.axes[0].get_images()[0].get_array())
+
+
+def test_crop_reads_only_the_chunks_under_it(tmp_path, linear):
+    # A scene larger than the default window, Dask-backed: every chunk the report
+    # computes is recorded by a real function in the graph.
+    big = simulate_pair((1100, 1100), seed=0, toa=True, chunks=256)
+    computed: list[tuple[int, ...]] = []
+
+    def record(block, block_info=None):
+        computed.append(tuple(block_info[0]["chunk-location"]))
+        return block
+
+    src = big.src.copy(data=da.map_blocks(record, big.src.data, dtype=big.src.dtype))
+    fig = plot.rgb_crop(src, xharmonise.predict(src, linear))
+    # The default window is centred and 512 pixels wide: rows and columns 294:806, which
+    # lie in chunks 1..3 of 0..4 along each axis.
+    assert fig.get_suptitle().startswith("rows 294:806, cols 294:806 (512 x 512 px")
+    assert sorted(computed) == [(0, i, j) for i in (1, 2, 3) for j in (1, 2, 3)]
+
+    computed.clear()
+    plot.report(linear, tmp_path / "lazy.html", src=src, crop=(slice(10, 40), slice(600, 700)))
+    assert sorted(computed) == [(0, 0, 2)]  # source and prediction share one read
+
+
+def test_bad_arguments_name_the_fix(tmp_path, pair, linear):
+    prediction = xharmonise.predict(pair.src, linear)
+    path = tmp_path / "bad.html"
+    with pytest.raises(InputValueError, match=r"outside the image.*choose 0 <= start"):
+        plot.report(linear, path, src=pair.src, crop=(slice(300, 500), slice(0, 100)))
+    with pytest.raises(InputValueError, match="crop must be"):
+        plot.report(linear, path, src=pair.src, crop=(0, 100))
+    other = xharmonise.predict(pair.src.isel(y=slice(0, 200)), linear)
+    with pytest.raises(GridError, match=r"xharmonise\.predict\(src, model\)"):
+        plot.report(linear, path, src=pair.src, prediction=other)
+    shifted = prediction.assign_coords(x=prediction["x"] + 2.0)
+    with pytest.raises(GridError, match="not on the source's grid"):
+        plot.rgb_crop(pair.src, shifted)
+    with pytest.raises(InputValueError, match="pass the source image"):
+        plot.report(linear, path, prediction=prediction)
+    with pytest.raises(BandMismatchError, match="B8"):
+        plot.scatter_density(linear, "B9")
+    with pytest.raises(BandMismatchError, match="select"):
+        plot.rgb_crop(pair.src.isel(band=[0, 1]), prediction)
+    assert not path.exists() and not (tmp_path / "bad_files").exists()
+    for cls in (InputValueError, GridError, BandMismatchError):
+        assert issubclass(cls, HarmoniseError)
+
+
+def test_figures_stay_out_of_pyplot(linear):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    figs = [plot.metric_bars(linear), plot.scatter_density(linear, 0)]
+    assert plt.get_fignums() == before
+    assert all(isinstance(f.canvas, FigureCanvasAgg) for f in figs)
