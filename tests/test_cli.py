@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -236,6 +237,56 @@ def test_predict_resume_completes_an_interrupted_store(files, linear_fit, tmp_pa
         xr.open_zarr(store)["prediction"].values, lazy["prediction"].values
     )
     assert re.search(r"^status\s+complete$", _ok(xh("info", store)).stdout, re.M)
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    done = store / ".xharmonise" / "done"
+    # 16-pixel chunks: 625 regions, seconds of writing to interrupt. SIGINT is reset to
+    # its default in the child: a background shell may have left it ignored.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "xharmonise", "predict", files["src"], "-m", model,
+         "-o", store, "--chunks", "16", "-q"],
+        stderr=subprocess.PIPE, text=True, env=_ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + _TIMEOUT
+        while child.poll() is None and time.monotonic() < deadline:
+            if done.is_dir() and len(list(done.iterdir())) >= 3:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=_TIMEOUT)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, err
+    assert err == "xharmonise: error: interrupted (rerun with --resume to finish the store)\n"
+    assert "INCOMPLETE" in _ok(xh("info", store)).stdout
+    _ok(xh("predict", files["src"], "-m", model, "-o", store, "--chunks", "16", "--resume", "-q"))
+    expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, expected["prediction"].values
+    )
+
+
+def test_closed_pipe_ends_quietly(files, linear_fit, tmp_path):
+    model, _ = linear_fit
+    store = tmp_path / "out.zarr"
+    _ok(xh("predict", files["src"], "-m", model, "-o", store, "-q"))
+    # `xharmonise info … | head -0`: the reader is gone before the first line.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "xharmonise", "info", store],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV,
+    )  # fmt: skip
+    child.stdout.close()
+    with child.stderr:
+        err = child.stderr.read()
+    assert child.wait(timeout=_TIMEOUT) == 128 + signal.SIGPIPE
+    assert err == b""
 
 
 @pytest.mark.slow

@@ -23,6 +23,8 @@ xharmonise: error: argument --method: invalid choice: 'nope' ...
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 import warnings
@@ -604,10 +606,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`xharmonise info … | head`): end quietly like other
+        # tools, and keep Python from complaining again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        # A store is never left looking complete: its finished regions are kept.
+        hint = " (rerun with --resume to finish the store)" if args.command == "predict" else ""
+        print(f"{PROG}: error: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as err:
         if args.debug:
