@@ -18,12 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rioxarray
+import test_store_s3
 import xarray as xr
 from conftest import FailAfter, local_cluster
 from dask.utils import key_split
+from test_store_s3 import BUCKET
 
 import xharmonise
 from xharmonise.simulate import simulate_pair
+
+# The real S3 server (SeaweedFS) of the store tests, for the commands on s3:// URLs.
+s3 = test_store_s3.s3
 
 # Generous: a loaded 2-core machine; a hung command must still end the test.
 _TIMEOUT = 600
@@ -42,7 +47,10 @@ _ENV = dict(
 
 
 def xh(
-    *args: str | os.PathLike[str], script: bool = False, cwd: Path | None = None
+    *args: str | os.PathLike[str],
+    script: bool = False,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``xharmonise ARGS`` in a fresh process; never raises on a non-zero exit."""
     cmd = (
@@ -55,7 +63,12 @@ def xh(
         ]
     )
     return subprocess.run(
-        [*cmd, *map(str, args)], capture_output=True, text=True, timeout=_TIMEOUT, cwd=cwd, env=_ENV
+        [*cmd, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=_TIMEOUT,
+        cwd=cwd,
+        env={**_ENV, **(env or {})},
     )
 
 
@@ -309,6 +322,27 @@ def test_predict_on_a_cluster(files, linear_fit, tmp_path):
     np.testing.assert_array_equal(
         xr.open_zarr(store)["prediction"].values, expected["prediction"].values
     )
+
+
+@pytest.mark.slow
+def test_predict_and_info_on_s3(files, linear_fit, s3):
+    model, _ = linear_fit
+    url = f"s3://{BUCKET}/cli.zarr"
+    # On the command line, remote stores take fsspec's configuration from the environment.
+    env = {
+        "AWS_ACCESS_KEY_ID": s3["key"],
+        "AWS_SECRET_ACCESS_KEY": s3["secret"],
+        "FSSPEC_S3_ENDPOINT_URL": s3["client_kwargs"]["endpoint_url"],
+    }
+    _ok(xh("predict", files["src"], "-m", model, "-o", url, "--chunks", "128", "-q", env=env))
+    expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
+    back = xr.open_zarr(url, storage_options=s3)
+    np.testing.assert_array_equal(back["prediction"].values, expected["prediction"].values)
+    info = _ok(xh("info", url, env=env)).stdout
+    assert re.search(r"^status\s+complete$", info, re.M)
+    assert "float32 (band, y, x) 4 x 400 x 400" in info
+    line = _one_line_error(xh("predict", files["src"], "-m", model, "-o", url, env=env), 1)
+    assert "--overwrite" in line
 
 
 # --------------------------------------------------------------------------- errors
