@@ -120,6 +120,11 @@ def run(
     -------
     DemoResult
 
+    Raises
+    ------
+    ValueError
+        Only one of ``src`` and ``ref`` given.
+
     Examples
     --------
     >>> result = run("/tmp/xh-demo-doc", size=400, method="linear", progress=False,
@@ -127,6 +132,8 @@ def run(
     >>> sorted(p.name for p in result.store.parent.iterdir())  # doctest: +SKIP
     ['harmonised.zarr', 'inputs', 'model.safetensors', 'report.html']
     """
+    if (src is None) != (ref is None):
+        raise ValueError("give both src and ref, or neither to simulate a pair")
     import dask
 
     import xharmonise
@@ -147,7 +154,7 @@ def run(
 
     pair = None
     with dask.config.set(scheduler="threads"):
-        if src is None or ref is None:
+        if src is None:
             pair = _simulate(size, seed=seed, chunks=chunks)
             paths = pair.to_geotiff(out / "inputs")
             # From here on the demo works from the files, exactly as on real rasters.
@@ -157,7 +164,7 @@ def run(
             # The files number their bands; the names pick each band's MTF in fit.
             src = src.assign_coords(band=list(pair.src["band"].values))
             ref = ref.assign_coords(band=list(pair.ref["band"].values))
-            echo(_describe_pair(pair, size, lap("simulate")), "")
+            echo(_describe_pair(pair, size, lap("simulate")))
             echo(f"inputs: {paths['src']}, {paths['ref']}, {paths['mask']}")
         else:
             lap("simulate")
