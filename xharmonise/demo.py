@@ -154,7 +154,7 @@ def run(
 
     pair = None
     with dask.config.set(scheduler="threads"):
-        if src is None:
+        if src is None or ref is None:  # both, given the check above
             pair = _simulate(size, seed=seed, chunks=chunks)
             paths = pair.to_geotiff(out / "inputs")
             # From here on the demo works from the files, exactly as on real rasters.
