@@ -48,7 +48,9 @@ def open_pair(data: Path, strip: int, size: int | None) -> tuple[xr.DataArray, x
         # works on the overlap of the two.
         cy, cx = aerial.sizes["y"] // 2, aerial.sizes["x"] // 2
         half = size // 2
-        aerial = aerial.isel(y=slice(cy - half, cy + half), x=slice(cx - half, cx + half))
+        aerial = aerial.isel(
+            y=slice(max(0, cy - half), cy + half), x=slice(max(0, cx - half), cx + half)
+        )
     return aerial, s2
 
 

@@ -316,8 +316,9 @@ def test_real_scl_lands_on_the_boa_grid(date, chunks):
     # 2 x 2 blocks: the cloud fraction at 10 m is the SCL's, exactly.
     in_classes = np.isin(scl.values, SCL_CLOUD_CLASSES)
     assert float(mask.mean()) == in_classes.mean()
-    # Landing on the BOA with like= gives the same mask.
-    np.testing.assert_array_equal(cloud_mask_from_scl(scl, like=boa).values, mask.values)
+    # Landing on the BOA with like= (a DataArray or a Dataset) gives the same mask.
+    for like in (boa, boa.to_dataset(name="boa")):
+        np.testing.assert_array_equal(cloud_mask_from_scl(scl, like=like).values, mask.values)
 
 
 def test_real_scl_cloud_fractions():
