@@ -1,9 +1,11 @@
 """xharmonise: harmonise high-resolution reflectances with Sentinel-2, lazily and at scale."""
 
 from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonise)
-from xharmonise.api import fit, predict
+from xharmonise.api import estimate_shift, fit, predict
+from xharmonise.coregister import ShiftEstimate
 from xharmonise.errors import (
     BandMismatchError,
+    CoregistrationError,
     DetailLossWarning,
     GridError,
     HarmoniseError,
@@ -20,6 +22,7 @@ from xharmonise.store import to_zarr
 
 __all__ = [
     "BandMismatchError",
+    "CoregistrationError",
     "DetailLossWarning",
     "GridError",
     "HarmoniseError",
@@ -29,8 +32,10 @@ __all__ = [
     "ModelFileError",
     "NoOverlapError",
     "NoValidPatchesError",
+    "ShiftEstimate",
     "StoreExistsError",
     "UnknownMethodError",
+    "estimate_shift",
     "fit",
     "load",
     "predict",

@@ -7,6 +7,7 @@ from typing import Any
 import xarray as xr
 
 from xharmonise import api
+from xharmonise.coregister import ShiftEstimate
 from xharmonise.harmoniser import Harmoniser
 
 
@@ -17,6 +18,10 @@ class _HarmoniseAccessor:
     def fit(self, ref: xr.DataArray | xr.Dataset, **kwargs: Any) -> Harmoniser:
         """Forward to :func:`xharmonise.fit` with this object as the source."""
         return api.fit(self._obj, ref, **kwargs)
+
+    def estimate_shift(self, ref: xr.DataArray | xr.Dataset, **kwargs: Any) -> ShiftEstimate:
+        """Forward to :func:`xharmonise.estimate_shift` with this object as the source."""
+        return api.estimate_shift(self._obj, ref, **kwargs)
 
     def predict(self, model: Harmoniser, **kwargs: Any) -> xr.Dataset:
         """Forward to :func:`xharmonise.predict` with this object as the source."""

@@ -1,7 +1,8 @@
-"""fit and predict: the one place that knows the whole flow.
+"""fit, predict and estimate_shift: the one place that knows the whole flow.
 
-inputs -> reflectance -> phase-aligned grid -> reference-resolution reductions and
-patches (lazy until here) -> training (in memory, small) -> Harmoniser -> lazy predict.
+inputs -> reflectance -> phase-aligned grid (optionally co-registered) -> reference-
+resolution reductions and patches (lazy until here) -> training (in memory, small) ->
+Harmoniser -> lazy predict.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import xarray as xr
 
 from xharmonise import grid as _grid
 from xharmonise import psf, sampling
+from xharmonise.coregister import ShiftEstimate, estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
+    CoregistrationError,
     DetailLossWarning,
     GridError,
     InputValueError,
@@ -30,7 +33,7 @@ from xharmonise.metrics import metric_table
 from xharmonise.models.linear import apply_linear, fit_linear
 from xharmonise.scaling import band_names, to_reflectance
 
-__all__ = ["METHODS", "fit", "predict"]
+__all__ = ["METHODS", "estimate_shift", "fit", "predict"]
 
 METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
 
@@ -139,6 +142,133 @@ def _sigmas(ref_names: Sequence[str], factor: int) -> list[float]:
     ]
 
 
+def _prepare(
+    src: xr.DataArray | xr.Dataset,
+    ref: xr.DataArray | xr.Dataset,
+    scale: float | tuple[float | None, float | None] | None,
+    bands: Mapping[str, str] | Sequence[str] | None,
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray, list[str], list[str], float | None]:
+    """Reflectance of both inputs with their bands paired; also the raw source and its scale."""
+    src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
+    src_da = _as_dataarray(src, "the source")
+    ref_da = _as_dataarray(ref, "the reference")
+    src_r = to_reflectance(src_da, scale=src_scale, name="the source")
+    ref_r = to_reflectance(ref_da, scale=ref_scale, name="the reference")
+    src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
+    return src_da, src_r, ref_r, src_names, ref_names, src_scale
+
+
+def _estimate(
+    src_r: xr.DataArray,
+    ref_r: xr.DataArray,
+    mask: xr.DataArray | None,
+    g: _grid.PairGrid,
+    ref_names: Sequence[str],
+    **options: Any,
+) -> ShiftEstimate:
+    return estimate_on_grid(
+        _grid.align_source(src_r, g),
+        ref_r.isel(y=g.ref_rows, x=g.ref_cols),
+        _crop_mask(mask, ref_r, g) if mask is not None else None,
+        factor=g.factor,
+        sigmas=_sigmas(ref_names, g.factor),
+        bands=list(ref_names),
+        **options,
+    )
+
+
+def estimate_shift(
+    src: xr.DataArray | xr.Dataset,
+    ref: xr.DataArray | xr.Dataset,
+    *,
+    mask: xr.DataArray | None = None,
+    bands: Mapping[str, str] | Sequence[str] | None = None,
+    scale: float | tuple[float | None, float | None] | None = None,
+    window: int | None = None,
+    max_windows: int = 64,
+    max_shift: float = 4.0,
+    min_windows: int = 3,
+    seed: int = 0,
+) -> ShiftEstimate:
+    """Measure the sub-pixel shift of ``src`` relative to ``ref`` by phase correlation.
+
+    The overlap is cut into windows of reference pixels. In each, the source degraded with
+    the reference MTF is phase-correlated with the reference (scikit-image) and the
+    estimate refined at the source resolution until the residual vanishes, which removes
+    the under-reading of sub-pixel shifts that correlation of aggregated images suffers.
+    Windows with no-data or masked cloud are skipped; the others are combined robustly, so
+    unmasked clouds or changes in a few windows do not bend the result. Only the windows
+    used are read from the source.
+
+    Sign convention: the shift is the displacement of the source content relative to the
+    reference, in CRS units (metres), east and north positive: what the reference sees at
+    ``p`` the source shows at ``p + (east, north)``. ``fit(..., coregister=True)`` corrects
+    it.
+
+    Parameters
+    ----------
+    src : xarray.DataArray
+        High-resolution source (band, y, x) with a CRS; a source at the reference
+        resolution works too (factor 1).
+    ref : xarray.DataArray
+        Reference (band, y, x) with a CRS.
+    mask : xarray.DataArray, optional
+        Cloud mask on the reference grid (y, x), True or 1 = cloud; windows touching it
+        are skipped.
+    bands : mapping or sequence, optional
+        Band pairing, as for :func:`fit`.
+    scale : float or (float, float), optional
+        DN scale of integer inputs without a ``scale_factor`` attribute, as for :func:`fit`.
+    window : int, optional
+        Window side in reference pixels; by default the largest of 64, 48, 32 and 24 that
+        gives at least 16 windows.
+    max_windows : int
+        Measure at most this many windows (spread over the overlap in a seeded order).
+    max_shift : float
+        Largest shift searched, in reference pixels; windows reading more are rejected.
+    min_windows : int
+        Fewest agreeing windows accepted.
+    seed : int
+        Seed of the order in which windows are visited.
+
+    Returns
+    -------
+    ShiftEstimate
+        ``east``, ``north`` (CRS units) and ``east_px``, ``north_px`` (reference pixels),
+        ``confidence`` (share of windows agreeing), ``std_error``, per-band shifts and the
+        per-window table ``windows``.
+
+    Raises
+    ------
+    CoregistrationError
+        Too few usable windows, or windows that disagree.
+    HarmoniseError
+        A subclass naming the problem for any other bad input.
+
+    Examples
+    --------
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((600, 600), shift=(4.0, -3.0), seed=1)
+    >>> est = estimate_shift(pair.src, pair.ref)
+    >>> round(est.east), round(est.north)
+    (4, -3)
+    """
+    _, src_r, ref_r, _, ref_names, _ = _prepare(src, ref, scale, bands)
+    g = _grid.pair_grid(src_r, ref_r)
+    return _estimate(
+        src_r,
+        ref_r,
+        mask,
+        g,
+        ref_names,
+        window=window,
+        max_windows=max_windows,
+        max_shift=max_shift,
+        min_windows=min_windows,
+        seed=seed,
+    )
+
+
 def fit(
     src: xr.DataArray | xr.Dataset,
     ref: xr.DataArray | xr.Dataset,
@@ -156,6 +286,7 @@ def fit(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    coregister: bool | ShiftEstimate = False,
 ) -> Harmoniser:
     """Learn a per-pixel mapping that makes ``src`` reflectances consistent with ``ref``.
 
@@ -194,6 +325,15 @@ def fit(
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     progress : bool
         Show a progress bar while training.
+    coregister : bool or ShiftEstimate
+        Measure the shift of the source relative to the reference
+        (:func:`estimate_shift`, default options) and correct it before sampling: the
+        source is resampled (cubic) onto the corrected grid, so patches pair the same
+        ground. A :class:`~xharmonise.coregister.ShiftEstimate` is applied as given. The
+        model records the shift (``Harmoniser.coregistration``, ``Harmoniser.shift``) and
+        :func:`predict` moves its output's georeferencing by it, without resampling.
+        BCNet models measure the shift (without applying it) even when False, to set it
+        beside their filter-centroid shift.
 
     Returns
     -------
@@ -216,15 +356,26 @@ def fit(
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
-    src_da = _as_dataarray(src, "the source")
-    ref_da = _as_dataarray(ref, "the reference")
-    src_r = to_reflectance(src_da, scale=src_scale, name="the source")
-    ref_r = to_reflectance(ref_da, scale=ref_scale, name="the reference")
-    src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
+    src_da, src_r, ref_r, src_names, ref_names, src_scale = _prepare(src, ref, scale, bands)
 
     g = _grid.pair_grid(src_r, ref_r)
-    src_a = _grid.align_source(src_r, g)
+    estimate = coregister if isinstance(coregister, ShiftEstimate) else None
+    if estimate is None and (coregister or method == "bcnet"):
+        try:
+            estimate = _estimate(src_r, ref_r, mask, g, ref_names, seed=seed)
+        except CoregistrationError:
+            if coregister:
+                raise
+            # BCNet only reports it beside its filter shift: no estimate, no report.
+    applied = bool(coregister) and estimate is not None
+    resampling = "bilinear"
+    if applied:
+        assert estimate is not None
+        src_r = _grid.translate(src_r, -estimate.east, -estimate.north, crs=g.ref.crs)
+        g = _grid.pair_grid(src_r, ref_r)
+        # Cubic keeps more of the source's detail than bilinear through a sub-pixel move.
+        resampling = "cubic"
+    src_a = _grid.align_source(src_r, g, resampling=resampling)
     ref_c = ref_r.isel(y=g.ref_rows, x=g.ref_cols)
     mask_c = _crop_mask(mask, ref_r, g) if mask is not None else None
     sigmas = _sigmas(ref_names, g.factor)
@@ -299,6 +450,7 @@ def fit(
         variance=variance,
         net=net,
         samples=samples,
+        coregistration=(None if estimate is None else dict(estimate.to_dict(), applied=applied)),
     )
 
 
@@ -483,6 +635,12 @@ def predict(
         reference_bands=list(model.ref_bands),
         xharmonise_version=version("xharmonise"),
     )
+    reg = model.coregistration
+    if reg is not None and reg.get("applied"):
+        # The model learned on the corrected source: put the output where the reference
+        # sees its content. A georeferencing change only; the values are not resampled.
+        ds = _grid.translate(ds, -reg["east"], -reg["north"], crs=model.grid.get("crs"))
+        ds.attrs["coregistration_shift"] = [reg["east"], reg["north"]]
     if "spatial_ref" in ds.coords:
         for name in ds.data_vars:
             ds[name].attrs["grid_mapping"] = "spatial_ref"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BandMismatchError",
+    "CoregistrationError",
     "DetailLossWarning",
     "GridError",
     "HarmoniseError",
@@ -45,6 +46,10 @@ class NoValidPatchesError(HarmoniseError):
         self.total = total
         self.nodata = nodata
         self.cloudy = cloudy
+
+
+class CoregistrationError(HarmoniseError):
+    """The shift between source and reference cannot be measured reliably."""
 
 
 class BandMismatchError(HarmoniseError):

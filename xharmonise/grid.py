@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+import rioxarray  # noqa: F401  (registers the .rio accessor that translate writes with)
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -22,7 +23,7 @@ from pyproj import CRS
 
 from xharmonise.errors import GridError, MissingCRSError, NoOverlapError
 
-__all__ = ["PairGrid", "align_source", "geobox_of", "pair_grid", "resolution_of"]
+__all__ = ["PairGrid", "align_source", "geobox_of", "pair_grid", "resolution_of", "translate"]
 
 # Fraction of a pixel below which two grids are taken as identical (float noise in
 # transforms read from files).
@@ -177,7 +178,7 @@ def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:
     >>> from xharmonise.simulate import simulate_pair
     >>> pair = simulate_pair((100, 100))
     >>> g = pair_grid(pair.src, pair.ref)
-    >>> g.factor, g.ref.shape, g.src.shape
+    >>> g.factor, tuple(g.ref.shape), tuple(g.src.shape)
     (5, (20, 20), (100, 100))
     """
     src_gb = geobox_of(src, "the source")
@@ -299,3 +300,62 @@ def align_source(
     src = src.rio.write_nodata(np.nan, encoded=False)
     out = src.odc.reproject(target, resampling=resampling, dst_nodata=np.nan)
     return out.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in out.dims})
+
+
+def translate(
+    obj: xr.DataArray | xr.Dataset,
+    east: float,
+    north: float,
+    *,
+    crs: CRS | str | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Move the georeferencing of ``obj`` by (``east``, ``north``), leaving values untouched.
+
+    The ``x``/``y`` coordinates and the ``spatial_ref`` transform (which rioxarray and
+    odc-geo read first) both move, so every reader sees the same new position.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or xarray.Dataset
+        Georeferenced raster with ``y`` and ``x`` dimensions and a CRS.
+    east, north : float
+        Translation in units of ``crs``, east and north positive.
+    crs : pyproj.CRS or str, optional
+        CRS in which the translation is given; by default ``obj``'s own. When it differs,
+        the translation is converted at the centre of ``obj`` (a translation in one
+        projection is one in another only locally, which is all a shift of a few pixels
+        needs).
+
+    Returns
+    -------
+    xarray.DataArray or xarray.Dataset
+        A new object (the input is not modified), same kind as ``obj``.
+
+    Examples
+    --------
+    >>> from xharmonise.simulate import simulate_pair
+    >>> src = simulate_pair((100, 100)).src
+    >>> moved = translate(src, 3.0, -1.0)
+    >>> float(moved.x[0] - src.x[0]), float(moved.y[0] - src.y[0])
+    (3.0, -1.0)
+    >>> moved.rio.transform().c - src.rio.transform().c
+    3.0
+    """
+    da = obj if isinstance(obj, xr.DataArray) else next(iter(obj.data_vars.values()))
+    gbox = geobox_of(da, "the input")
+    dx, dy = float(east), float(north)
+    if crs is not None and CRS.from_user_input(crs) != gbox.crs:
+        from pyproj import Transformer
+
+        cx, cy = gbox.affine @ (gbox.shape[1] / 2, gbox.shape[0] / 2)
+        to_crs = Transformer.from_crs(gbox.crs, crs, always_xy=True)
+        back = Transformer.from_crs(crs, gbox.crs, always_xy=True)
+        px, py = to_crs.transform(cx, cy)
+        qx, qy = back.transform(px + dx, py + dy)
+        dx, dy = float(qx - cx), float(qy - cy)
+    out = obj.assign_coords(
+        x=obj["x"].copy(data=obj["x"].values + dx), y=obj["y"].copy(data=obj["y"].values + dy)
+    )
+    if "spatial_ref" in out.coords:
+        out = out.rio.write_transform(Affine.translation(dx, dy) * gbox.affine)
+    return out

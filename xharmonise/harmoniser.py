@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xharmonise.coregister import ShiftEstimate
 from xharmonise.errors import ModelFileError
 
 __all__ = ["Harmoniser", "load"]
@@ -59,6 +60,12 @@ class Harmoniser:
         band) float32 per stage: ``target`` (the reference), ``initial``, ``linear``,
         ``model`` and, with a variance head, ``variance``. Kept so that reports can show
         the scatter plots without the images.
+    coregistration : dict or None
+        The phase-correlation shift measured at fit time
+        (:meth:`xharmonise.coregister.ShiftEstimate.to_dict`) plus ``applied``: whether the
+        source was corrected by it before sampling (``fit(..., coregister=True)``), in
+        which case :func:`xharmonise.predict` moves its output by it. None when no shift
+        was measured.
     """
 
     method: str
@@ -77,6 +84,7 @@ class Harmoniser:
     variance: bool = False
     net: Any = None
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    coregistration: dict[str, Any] | None = None
 
     @property
     def n_bands(self) -> int:
@@ -111,26 +119,68 @@ class Harmoniser:
         )
 
     @property
+    def shift_estimate(self) -> ShiftEstimate | None:
+        """The phase-correlation :class:`~xharmonise.coregister.ShiftEstimate` of the fit,
+        or None when none was made."""
+        if self.coregistration is None:
+            return None
+        return ShiftEstimate.from_dict(self.coregistration)
+
+    @property
     def shift(self) -> xr.DataArray:
-        """Per-band shift from BCNet's filter centroids: (band, axis) with axis east/north.
+        """Shift of the source relative to the reference: (band, axis, estimate).
 
-        The shift is the displacement of the source content relative to the reference, in
-        CRS units (metres), east and north positive. The filter learns to fetch the source
-        where the reference sees the content, so its centroid points along that shift.
+        ``axis`` is east/north; ``estimate`` holds ``"filter"`` (BCNet models: the learned
+        filter centroids) and ``"phase_correlation"`` (when the fit measured one: any
+        method with ``coregister=True``, and every BCNet fit), side by side as a
+        cross-check. Both are the displacement of the source content relative to the
+        reference, as given to :func:`xharmonise.fit`, in CRS units (metres), east and north
+        positive. The filter learns to fetch the source where the reference sees the
+        content, so its centroid points along that shift; when the source was corrected
+        before training, the filter only sees what remains, and the applied shift is added
+        back so that both rows measure the same thing.
+
+        Raises
+        ------
+        AttributeError
+            When there is neither a filter (bcnet only) nor a phase-correlation estimate.
         """
-        from xharmonise.models import filter_shift
+        estimates, names = [], []
+        reg = self.coregistration
+        if self.method == "bcnet":
+            from xharmonise.models import filter_shift
 
-        if self.method != "bcnet":
-            raise AttributeError(f"{self.method} models have no filter shift (bcnet only)")
-        dy_dx = np.asarray(filter_shift(self.net.filters()))
-        east = dy_dx[:, 1] * self.src_pixel_size
-        north = -dy_dx[:, 0] * self.src_pixel_size  # rows grow southwards
+            dy_dx = np.asarray(filter_shift(self.net.filters()))
+            east = dy_dx[:, 1] * self.src_pixel_size
+            north = -dy_dx[:, 0] * self.src_pixel_size  # rows grow southwards
+            if reg is not None and reg.get("applied"):
+                east, north = east + reg["east"], north + reg["north"]
+            estimates.append(np.stack([east, north], axis=1))
+            names.append("filter")
+        if reg is not None:
+            per_band = reg.get("bands", {})
+            estimates.append(
+                np.array(
+                    [per_band.get(b, (reg["east"], reg["north"])) for b in self.ref_bands],
+                    dtype=np.float64,
+                )
+            )
+            names.append("phase_correlation")
+        if not estimates:
+            raise AttributeError(
+                f"{self.method} models have no shift estimate: the filter shift is bcnet "
+                "only; fit with coregister=True to measure one by phase correlation"
+            )
         return xr.DataArray(
-            np.stack([east, north], axis=1),
-            dims=("band", "axis"),
-            coords={"band": list(self.ref_bands), "axis": ["east", "north"]},
+            np.stack(estimates, axis=-1),
+            dims=("band", "axis", "estimate"),
+            coords={"band": list(self.ref_bands), "axis": ["east", "north"], "estimate": names},
             name="shift",
-            attrs={"units": "m", "source": "bcnet filter centroid"},
+            attrs={
+                "units": "m",
+                "long_name": "displacement of the source content relative to the reference",
+                "applied": bool(reg is not None and reg.get("applied")),
+            },
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -177,6 +227,7 @@ class Harmoniser:
             "patches": _jsonable(self.patches),
             "variance": self.variance,
             "net_config": net_config,
+            "coregistration": _jsonable(self.coregistration),
             "versions": _versions(),
         }
         fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
@@ -298,4 +349,5 @@ def load(path: str | os.PathLike) -> Harmoniser:
         variance=bool(meta["variance"]),
         net=net,
         samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
+        coregistration=meta.get("coregistration"),
     )
