@@ -240,7 +240,7 @@ def test_rgb_crop_numpy_and_dask_agree(backend, pair, bcnet, bcnet_prediction):
     fig = plot.rgb_crop(src, prediction, crop)
     assert isinstance(fig.canvas, FigureCanvasAgg)
     before, after = (ax.get_images()[0].get_array() for ax in fig.axes)
-    assert before.shape == after.shape == (160, 160, 4)
+    assert before.shape == after.shape == (160, 160, 3)
     assert fig.axes[0].get_title() == "before: source B2/B1/B0"
     assert fig.axes[1].get_title() == "after: prediction B4/B3/B2"
     # The haze of the TOA source makes "before" brighter under the shared stretch.

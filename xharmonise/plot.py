@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
+from matplotlib.ticker import MaxNLocator
 
 from xharmonise.errors import BandMismatchError, GridError, InputValueError
 from xharmonise.scaling import band_names, to_reflectance
@@ -72,6 +73,8 @@ _DPI = 100
 # Pixels predicted around the window when report() predicts it itself: more than the
 # receptive field of any model (pixelwise ones need none), so the window is exact.
 _PREDICT_MARGIN = 16
+# No-data in image panels: a neutral grey, distinct from black and white content.
+_NODATA_GREY = 0.74
 # Colour triples by naming convention, tried on the reference (prediction) band names
 # first, then on the source's: Sentinel-2, Pleiades, then generic names.
 _RGB_TRIPLES = (("B4", "B3", "B2"), ("B2", "B1", "B0"), ("RED", "GREEN", "BLUE"), ("R", "G", "B"))
@@ -492,12 +495,24 @@ def loss_curves(model: Harmoniser) -> Figure:
         ax.set_ylabel("loss: Gaussian negative log-likelihood")
     else:
         ax.set_ylabel("loss: relative error |t − p| / (|t| + ε)")
+    notes = []
     if ref is None and model.variance:
         lin = h.get("linear_val_relative_error")
         note = "No linear baseline line: the variance head's NLL is not comparable with"
-        note += " the baseline's relative error" + (f" ({lin:.4f})." if lin is not None else ".")
-        # Under the axes, where it can never hide a curve.
-        fig.supxlabel(note, fontsize=8, color="0.3")
+        notes.append(
+            note + " the baseline's relative error" + (f" ({lin:.4f})." if lin is not None else ".")
+        )
+    if len(it) < 3:
+        notes.append(
+            f"Only {len(it)} validation check(s): the training was shorter than a few "
+            "evaluation intervals."
+        )
+    if notes:
+        # Under the axes, where they can never hide a curve.
+        fig.supxlabel("\n".join(notes), fontsize=8, color="0.3")
+    # From iteration 0, so that a short run looks short.
+    ax.set_xlim(0, float(it.max()) * 1.04)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3, which="both")
     seconds, device = h.get("seconds"), h.get("device")
@@ -664,14 +679,16 @@ def filters(model: Harmoniser) -> Figure:
         if "phase_correlation" in shifts:
             pe, pn = shifts["phase_correlation"][i]
             lines.append(f"phase corr.: E {pe:+.2f}, N {pn:+.2f}")
+            ax.plot(pe, pn, marker="x", color="white", ms=8, mew=1.5)
         ax.set_title("\n".join(lines), fontsize=9)
         ax.set_xlabel("east (m)")
         if i == 0:
             ax.set_ylabel("north (m)")
     fig.colorbar(image, ax=list(axes), label="filter weight", shrink=0.8)
+    cross = "; ×: phase correlation" if "phase_correlation" in shifts else ""
     fig.suptitle(
         f"BCNet learned filters ({px:g} m source pixels); title: estimated shift of the "
-        "source; + centroid, dashed circle: initial MTF σ",
+        f"source; +: centroid{cross}; dashed circle: initial MTF σ",
         fontsize=10,
     )
     return fig
@@ -707,11 +724,13 @@ def _stretch(*images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, lo), np.full(n, hi)
 
 
-def _to_rgba(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _to_rgb(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(band, y, x) -> (y, x, 3) in [0, 1]; no-data grey as in the variance map."""
     rgb = (image - lo[:, None, None]) / (hi - lo)[:, None, None]
     valid = np.isfinite(rgb).all(axis=0)
     rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
-    return np.concatenate([np.moveaxis(rgb, 0, -1), valid[..., None].astype(float)], axis=-1)
+    rgb[:, ~valid] = _NODATA_GREY
+    return np.moveaxis(rgb, 0, -1)
 
 
 def _rgb_figure(c: _Crop) -> Figure:
@@ -731,10 +750,15 @@ def _rgb_figure(c: _Crop) -> Figure:
         (axes[0], before, f"before: source {names(c.src_names)}{guess}"),
         (axes[1], after, f"after: prediction {names(c.ref_names)}{guess}"),
     ):
-        ax.imshow(_to_rgba(image, lo, hi), interpolation="nearest")
+        ax.imshow(_to_rgb(image, lo, hi), interpolation="nearest")
         ax.set_title(label, fontsize=10)
         ax.set_axis_off()
-    fig.suptitle(f"{_where(c)}; one linear stretch for both images and all channels", fontsize=9)
+    nodata = not (np.isfinite(before).all() and np.isfinite(after).all())
+    fig.suptitle(
+        f"{_where(c)}; one linear stretch for both images and all channels"
+        + ("; grey: no-data" if nodata else ""),
+        fontsize=9,
+    )
     return fig
 
 
@@ -769,7 +793,7 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
     w, h = _panel_size(c)
     fig = _figure(w + 1.4, h + 0.9)
     ax = fig.subplots()
-    cmap = colormaps["magma"].with_extremes(bad="#bdbdbd")
+    cmap = colormaps["magma"].with_extremes(bad=(_NODATA_GREY,) * 3)
     masked = np.ma.masked_invalid(np.where(values > 0, values, np.nan))
     im = ax.imshow(
         masked, norm=LogNorm(vmin=vmin, vmax=vmax, clip=True), cmap=cmap, interpolation="nearest"
