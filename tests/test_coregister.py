@@ -25,18 +25,16 @@ def _error_px(est: ShiftEstimate, shift: tuple[float, float]) -> np.ndarray:
     return np.array([est.east - shift[0], est.north - shift[1]]) / est.pixel_size
 
 
-# Shifts in metres (east, north): 0.2 to 3 source pixels (2 m) in eight directions, and
-# one of more than a reference pixel. Every case has clouds (masked in the reference,
-# unmasked in the source) and a no-data border with a cut corner.
+# Shifts in metres (east, north): 0.2 to 3 source pixels (2 m) in six directions, and one
+# of more than a reference pixel. Every case has clouds (masked in the reference, unmasked
+# in the source) and a no-data border with a cut corner; every other one is TOA.
 SHIFTS = [
     (0.4, 0.0),
     (0.0, -1.0),
     (-2.0, 2.0),
-    (3.0, 4.0),
-    (-6.0, 0.0),
+    (3.6, 4.8),
     (4.2, -4.2),
     (-1.4, -5.8),
-    (0.0, 6.0),
     (-13.0, 8.0),
 ]
 
@@ -100,7 +98,9 @@ def test_naive_phase_correlation_at_the_reference_resolution_is_biased_and_ours_
     from xharmonise import psf
     from xharmonise.api import _sigmas
 
-    degraded = psf.degrade_array(grid.align_source(src, g).values, _sigmas(list(pair.ref["band"].values), 5), 5)
+    degraded = psf.degrade_array(
+        grid.align_source(src, g).values, _sigmas(list(pair.ref["band"].values), 5), 5
+    )
     ref = pair.ref.isel(y=g.ref_rows, x=g.ref_cols).values
     naive = []
     for r in range(10, 130, 32):

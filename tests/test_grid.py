@@ -86,3 +86,31 @@ def test_no_overlap_and_coarser_source():
         grid.pair_grid(a.src, far.ref)
     with pytest.raises(GridError, match="coarser"):
         grid.pair_grid(a.ref, a.src)
+
+
+def test_translate_moves_coords_and_transform_not_values(backend):
+    pair = simulate_pair((100, 100), chunks=chunks_for(backend, 40))
+    src = pair.src
+    moved = grid.translate(src, 3.5, -1.25)
+    assert type(moved.data) is type(src.data)
+    np.testing.assert_array_equal(moved["x"].values, src["x"].values + 3.5)
+    np.testing.assert_array_equal(moved["y"].values, src["y"].values - 1.25)
+    t0, t1 = src.rio.transform(), moved.rio.transform()
+    assert (t1.c - t0.c, t1.f - t0.f) == (3.5, -1.25)
+    assert grid.geobox_of(moved).affine == t1
+    assert moved.odc.geobox.affine == t1
+    np.testing.assert_array_equal(moved.values, src.values)
+    assert src.rio.transform() == t0  # the input is not modified
+    ds = grid.translate(src.to_dataset(name="v"), 3.5, -1.25)
+    assert ds.rio.transform() == t1
+
+
+def test_translate_converts_a_shift_given_in_another_crs():
+    pair = simulate_pair((100, 100), seed=1, src_crs="EPSG:32632")
+    moved = grid.translate(pair.src, 10.0, 0.0, crs="EPSG:32631")
+    # Here UTM 32 is rotated (grid convergence) and scaled (0.3 %) relative to UTM 31: 10 m
+    # east in one is about 10 m, mostly east, in the other.
+    dx = float(moved["x"][0] - pair.src["x"][0])
+    dy = float(moved["y"][0] - pair.src["y"][0])
+    assert np.hypot(dx, dy) == pytest.approx(10.0, rel=1e-2)
+    assert dx > 9.0 and abs(dy) > 0.1

@@ -3,6 +3,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import xharmonise
 from xharmonise.errors import ModelFileError
@@ -89,6 +90,8 @@ def test_bcnet_filters_and_shift_follow_the_filter_centroid(pair):
     filters = model.filters
     assert filters.dims == ("band", "ky", "kx") and filters.sizes["band"] == 4
     np.testing.assert_allclose(filters.sum(("ky", "kx")), 1.0, rtol=1e-5)
+    # BCNet fits measure the phase-correlation shift too (not applied), for the cross-check.
+    assert model.coregistration is not None and not model.coregistration["applied"]
     # Move every filter's weight one source pixel east (+x) and two north (-y): the
     # shift table must read +2 m east and +4 m north.
     net = model.net
@@ -96,9 +99,50 @@ def test_bcnet_filters_and_shift_follow_the_filter_centroid(pair):
     with torch.no_grad():
         net.log_kernels.copy_(torch.log(k.clamp_min(1e-30)).reshape(net.log_kernels.shape))
     shift = model.shift
-    assert shift.dims == ("band", "axis")
-    np.testing.assert_allclose(shift.sel(axis="east"), 2.0, atol=0.25)
-    np.testing.assert_allclose(shift.sel(axis="north"), 4.0, atol=0.25)
+    assert shift.dims == ("band", "axis", "estimate")
+    assert list(shift["estimate"].values) == ["filter", "phase_correlation"]
+    np.testing.assert_allclose(shift.sel(estimate="filter", axis="east"), 2.0, atol=0.25)
+    np.testing.assert_allclose(shift.sel(estimate="filter", axis="north"), 4.0, atol=0.25)
+    # The pair has no shift: phase correlation says so, per band.
+    np.testing.assert_allclose(shift.sel(estimate="phase_correlation"), 0.0, atol=1.0)
     linear = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
     with pytest.raises(AttributeError, match="bcnet only"):
         _ = linear.shift
+
+
+def test_filter_and_phase_correlation_shifts_side_by_side_on_a_shifted_pair():
+    # 4 m east, 2 m south = 2 and 1 source pixels. A short BCNet run barely moves its
+    # filters; phase correlation reads the shift. Coregistered, the filter row adds the
+    # applied shift back, so both rows measure the same displacement.
+    shifted = simulate_pair((600, 600), seed=13, shift=(4.0, -2.0), chunks=128)
+    model = xharmonise.fit(
+        shifted.src,
+        shifted.ref,
+        method="bcnet",
+        iterations=2,
+        patch_size=16,
+        progress=False,
+        coregister=True,
+    )
+    shift = model.shift
+    assert shift.attrs["applied"]
+    pc = shift.sel(estimate="phase_correlation")
+    np.testing.assert_allclose(pc.sel(axis="east"), 4.0, atol=0.5)
+    np.testing.assert_allclose(pc.sel(axis="north"), -2.0, atol=0.5)
+    filt = shift.sel(estimate="filter")
+    np.testing.assert_allclose(filt, pc, atol=1.0)
+
+
+def test_coregistration_survives_save_and_load(tmp_path):
+    shifted = simulate_pair((600, 600), seed=14, shift=(-3.0, 2.0))
+    model = xharmonise.fit(
+        shifted.src, shifted.ref, method="linear", patch_size=16, coregister=True
+    )
+    back = xharmonise.load(model.save(tmp_path / "m.safetensors"))
+    assert back.coregistration == model.coregistration
+    est = back.shift_estimate
+    assert (est.east, est.north) == (model.coregistration["east"], model.coregistration["north"])
+    xr.testing.assert_identical(back.shift, model.shift)
+    a = xharmonise.predict(shifted.src, model)
+    b = xharmonise.predict(shifted.src, back)
+    xr.testing.assert_identical(a, b)

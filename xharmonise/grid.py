@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
-import rioxarray  # noqa: F401  (registers the .rio accessor that translate writes with)
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -357,5 +356,10 @@ def translate(
         x=obj["x"].copy(data=obj["x"].values + dx), y=obj["y"].copy(data=obj["y"].values + dy)
     )
     if "spatial_ref" in out.coords:
-        out = out.rio.write_transform(Affine.translation(dx, dy) * gbox.affine)
+        # The GeoTransform attribute written directly (rio.write_transform would also add
+        # a grid_mapping encoding that clashes with grid_mapping attributes on writing).
+        moved = Affine.translation(dx, dy) * gbox.affine
+        ref = out["spatial_ref"].copy()
+        ref.attrs = {**ref.attrs, "GeoTransform": " ".join(repr(float(v)) for v in moved.to_gdal())}
+        out = out.assign_coords(spatial_ref=ref)
     return out
