@@ -576,7 +576,11 @@ def predict(
     xarray.Dataset
         ``prediction`` (and ``variance``), float32 (band, y, x) on ``src``'s grid and
         chunks, NaN at no-data, CRS and coordinates kept; band labels are the reference
-        bands. Dask-backed (lazy) when ``src`` is.
+        bands. Dask-backed (lazy) when ``src`` is. When the model was fitted with
+        ``coregister=True``, the coordinates and the ``spatial_ref`` transform are moved
+        by minus the measured shift, so the content lands where the reference sees it:
+        a georeferencing change only, values untouched (apply such a model to the source
+        it was fitted on, or to one with the same mis-registration).
 
     Examples
     --------
@@ -585,6 +589,14 @@ def predict(
     >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16)
     >>> predict(pair.src, model)["prediction"].dtype
     dtype('float32')
+
+    A co-registered model moves its output by the measured shift:
+
+    >>> shifted = simulate_pair((600, 600), shift=(4.0, 0.0), seed=1)
+    >>> model = fit(shifted.src, shifted.ref, method="linear", patch_size=16, coregister=True)
+    >>> out = predict(shifted.src, model)
+    >>> round(float(shifted.src.x[0] - out.x[0]))
+    4
     """
     src_da = _as_dataarray(src, "the source")
     names = band_names(src_da)

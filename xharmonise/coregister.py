@@ -99,6 +99,19 @@ class ShiftEstimate:
         ``north`` in CRS units; ``east_px``, ``north_px`` in reference pixels; per band
         ``east_<band>``, ``north_<band>``), ``correlation`` (mean over bands of the
         Pearson correlation of the aligned images) and ``iterations``.
+
+    Examples
+    --------
+    >>> from xharmonise import estimate_shift
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((600, 600), shift=(-3.0, 2.0), seed=2)
+    >>> est = estimate_shift(pair.src, pair.ref)
+    >>> round(est.east_px, 1), round(est.north_px, 1)
+    (-0.3, 0.2)
+    >>> ShiftEstimate.from_dict(est.to_dict()).east == est.east
+    True
+    >>> sorted(est.windows["status"].unique())
+    ['inlier']
     """
 
     east: float
@@ -355,6 +368,19 @@ def estimate_on_grid(
     ------
     CoregistrationError
         Too small an overlap, too few usable windows, or windows that disagree.
+
+    Examples
+    --------
+    >>> from xharmonise import grid
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((600, 600), shift=(2.0, 0.0), seed=3)
+    >>> g = grid.pair_grid(pair.src, pair.ref)
+    >>> est = estimate_on_grid(
+    ...     grid.align_source(pair.src, g), pair.ref.isel(y=g.ref_rows, x=g.ref_cols), None,
+    ...     factor=g.factor, sigmas=[2.5] * 4, bands=["B2", "B3", "B4", "B8"],
+    ... )
+    >>> round(est.east, 1), round(est.north, 1)
+    (2.0, 0.0)
     """
     nb = src.sizes["band"]
     ny, nx = ref.sizes["y"], ref.sizes["x"]
