@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from xharmonise.errors import BandMismatchError, GridError, InputValueError
 from xharmonise.scaling import band_names, to_reflectance
@@ -349,7 +349,7 @@ def scatter_density(model: Harmoniser, band: str | int, *, bins: int | None = No
     band : str or int
         Reference band name (e.g. ``"B8"``), source band name or band index.
     bins : int, optional
-        Histogram bins per axis; by default from the number of pixels (30 to 120).
+        Histogram bins per axis; by default from the number of pixels (50 to 150).
 
     Returns
     -------
@@ -739,7 +739,7 @@ def _rgb_figure(c: _Crop) -> Figure:
     before, after = c.before[idx], c.after[idx]
     lo, hi = _stretch(before, after)
     w, h = _panel_size(c)
-    fig = _figure(2 * w + 0.4, h + 0.9)
+    fig = _figure(max(2 * w + 0.4, 7.0), h + 0.9)  # wide enough for the titles
     axes = fig.subplots(1, 2)
 
     def names(all_names: list[str]) -> str:
@@ -782,6 +782,11 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
             i = c.ref_names.index(band)
         else:
             i = int(band)
+            if not 0 <= i < c.variance.shape[0]:
+                raise BandMismatchError(
+                    f"band index {i} is out of range for {c.variance.shape[0]} bands: give "
+                    f"0..{c.variance.shape[0] - 1}, a band name, or band=None for the mean"
+                )
         values, what = c.variance[i], f"band {c.ref_names[i] if c.ref_names else i}"
     positive = values[np.isfinite(values) & (values > 0)]
     if positive.size:
@@ -791,7 +796,9 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
     if vmax <= vmin:
         vmax = vmin * 10
     w, h = _panel_size(c)
-    fig = _figure(w + 1.4, h + 0.9)
+    # A wide window gets its colourbar below, where it has room for its ticks.
+    wide = w > 1.6 * h
+    fig = _figure(max(w + (0.3 if wide else 1.4), 5.0), h + (1.8 if wide else 0.9))
     ax = fig.subplots()
     cmap = colormaps["magma"].with_extremes(bad=(_NODATA_GREY,) * 3)
     masked = np.ma.masked_invalid(np.where(values > 0, values, np.nan))
@@ -799,9 +806,24 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
         masked, norm=LogNorm(vmin=vmin, vmax=vmax, clip=True), cmap=cmap, interpolation="nearest"
     )
     ax.set_axis_off()
-    fig.colorbar(im, ax=ax, label="predictive variance σ² (reflectance²), log scale", shrink=0.9)
-    ax.set_title(f"predictive variance σ², {what}\nhigh = low confidence", fontsize=10)
-    fig.suptitle(_where(c), fontsize=9)
+    # A short label: it must fit along the colourbar of a small crop.
+    bar = fig.colorbar(
+        im,
+        ax=ax,
+        label="σ² (reflectance²)",
+        location="bottom" if wide else "right",
+        shrink=0.6 if wide else 0.9,
+    )
+    # Five evenly spaced (in log) labelled ticks: a log axis spanning less than a decade
+    # otherwise labels crowded minor ticks, or none.
+    ticks = [float(f"{t:.2g}") for t in np.geomspace(vmin, vmax, 5)]
+    bar.set_ticks([t for t in ticks if vmin <= t <= vmax])
+    bar.minorticks_off()
+    bar.formatter = FormatStrFormatter("%.2g")
+    bar.update_ticks()
+    ax.set_title(f"predictive variance σ², {what}, log scale\nhigh = low confidence", fontsize=10)
+    nodata = not np.isfinite(values).all()
+    fig.suptitle(_where(c) + ("; grey: no-data" if nodata else ""), fontsize=9)
     return fig
 
 
@@ -890,9 +912,10 @@ def variance_map(
     >>> pair = simulate_pair((400, 400), seed=0, src_clouds=0.05)
     >>> model = fit(pair.src, pair.ref, method="calibnet", variance=True, patch_size=16,
     ...             iterations=20, progress=False)
-    >>> fig = variance_map(predict(pair.src, model))
+    >>> window = pair.src.isel(y=slice(0, 100), x=slice(0, 100))  # pixelwise: any piece
+    >>> fig = variance_map(predict(window, model))
     >>> fig.axes[1].get_ylabel()
-    'predictive variance σ² (reflectance²), log scale'
+    'σ² (reflectance²)'
     """
     c = _compute_crop(None, prediction, crop, scale=None, need_src=False, need_variance=True)
     return _variance_figure(c, band)
