@@ -271,6 +271,23 @@ def test_crop_reads_only_the_chunks_under_it(tmp_path, linear):
     assert sorted(computed) == [(0, 0, 2)]  # source and prediction share one read
 
 
+def test_coregistered_prediction_is_on_the_source_grid(tmp_path, pair):
+    # A model fitted with coregister=True moves predict's coordinates by minus the
+    # measured shift: the pixels are still the source's, and the report must accept them.
+    model = _fit(pair, "linear", coregister=True)
+    prediction = xharmonise.predict(pair.src, model)
+    east, north = prediction.attrs["coregistration_shift"]
+    assert abs(east) > 1 and abs(north) > 1  # the pair's (3, -2) m shift was measured
+    out = plot.report(model, tmp_path / "co.html", src=pair.src, prediction=prediction)
+    assert "rgb_crop" in _pngs(tmp_path / "co_files")
+    assert "the source was corrected by the shift" in out.read_text(encoding="utf-8")
+    plot.report(model, tmp_path / "co2.html", src=pair.src)  # predicts the window itself
+    # A move larger than the measured shift is another grid.
+    far = prediction.assign_coords(x=prediction["x"] + 20.0)
+    with pytest.raises(GridError, match="not on the source's grid"):
+        plot.rgb_crop(pair.src, far)
+
+
 def test_bad_arguments_name_the_fix(tmp_path, pair, linear):
     prediction = xharmonise.predict(pair.src, linear)
     path = tmp_path / "bad.html"

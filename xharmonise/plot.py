@@ -194,17 +194,29 @@ def _resolve_crop(shape: tuple[int, int], crop: Sequence[slice] | None) -> tuple
     return out[0], out[1]
 
 
-def _check_pair(src: xr.DataArray, pred: xr.DataArray) -> None:
+def _check_pair(src: xr.DataArray, pred: xr.DataArray, moved: Sequence[float] | None) -> None:
+    """Raise unless ``pred`` holds ``src``'s pixels: same shape and pixel grid.
+
+    ``moved`` is the (east, north) shift a co-registered model's predict moved the output
+    coordinates by (minus it, in fact): up to that, the grids must coincide.
+    """
     ss = (src.sizes["y"], src.sizes["x"])
     ps = (pred.sizes["y"], pred.sizes["x"])
     same = ss == ps
-    if same:
-        for dim in ("y", "x"):
-            if dim in src.coords and dim in pred.coords:
-                a, b = np.asarray(src[dim].values), np.asarray(pred[dim].values)
-                step = abs(float(a[1] - a[0])) if len(a) > 1 else 1.0
-                if not np.allclose(a, b, rtol=0, atol=1e-3 * step):
-                    same = False
+    # A moved output may sit up to the shift away (more than it in another CRS, a little).
+    slack = 0.0 if moved is None else 1.5 * float(np.hypot(*moved))
+    for dim in ("y", "x"):
+        if not same or dim not in src.coords or dim not in pred.coords:
+            continue
+        a = np.asarray(src[dim].values, dtype=float)
+        b = np.asarray(pred[dim].values, dtype=float)
+        step = abs(float(a[1] - a[0])) if len(a) > 1 else 1.0
+        offset = float(b[0] - a[0])
+        # Same spacing everywhere, and the same origin up to the georeferencing move.
+        if not np.allclose(b - offset, a, rtol=0, atol=1e-3 * step):
+            same = False
+        elif abs(offset) > slack + 1e-3 * step:
+            same = False
     if not same:
         raise GridError(
             f"the prediction ({ps[0]} x {ps[1]} pixels) is not on the source's grid "
@@ -282,7 +294,10 @@ def _compute_crop(
                 "was computed from)"
             )
         src_da = _as_dataarray(src, "the source")
-        _check_pair(src_da, pred)
+        moved = (
+            prediction.attrs.get("coregistration_shift") if hasattr(prediction, "attrs") else None
+        )
+        _check_pair(src_da, pred, moved)
         src_da = _source_bands(src_da, pred, prediction)
         src_names = band_names(src_da)
         # Crop first: reflectance scaling of a NumPy image would otherwise touch all of it.
