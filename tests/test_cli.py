@@ -435,3 +435,26 @@ def test_demo_tiny(tmp_path):
     initial, linear, _ = map(float, found.groups())
     assert linear < initial
     assert re.search(r"shift by filter: \([+-]", proc.stdout), proc.stdout
+
+
+def test_demo_on_given_files(files, linear_fit, tmp_path):
+    proc = _ok(
+        xh(
+            "demo", "--src", files["src"], "--ref", files["ref"], "--mask", files["mask"],
+            "--method", "linear", "--no-variance", "--patch-size", "16", "--out", tmp_path, "-q",
+        )
+    )  # fmt: skip
+    # Nothing simulated, nothing scored against a truth that real data does not have.
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "harmonised.zarr",
+        "model.safetensors",
+        "report.html",
+        "report_files",
+    }
+    assert "simulator" not in proc.stdout
+    # The same fit as `xharmonise fit` on the same files.
+    model, _ = linear_fit
+    np.testing.assert_array_equal(
+        xharmonise.load(tmp_path / "model.safetensors").linear, xharmonise.load(model).linear
+    )
+    assert xr.open_zarr(tmp_path / "harmonised.zarr")["prediction"].shape == (4, 400, 400)
