@@ -53,15 +53,8 @@ def xh(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``xharmonise ARGS`` in a fresh process; never raises on a non-zero exit."""
-    cmd = (
-        [str(Path(sys.executable).with_name("xharmonise"))]
-        if script
-        else [
-            sys.executable,
-            "-m",
-            "xharmonise",
-        ]
-    )
+    module = [sys.executable, "-m", "xharmonise"]
+    cmd = [str(Path(sys.executable).with_name("xharmonise"))] if script else module
     return subprocess.run(
         [*cmd, *map(str, args)],
         capture_output=True,
