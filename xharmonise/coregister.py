@@ -59,8 +59,8 @@ _MAX_ITER = 6
 # Windows whose estimate lies this close to the result always count as agreeing (reference
 # pixels): below it the spread is noise, not an outlier.
 _MIN_TOLERANCE = 0.1
-# Windows read from the source at once: bounds memory to a few windows (and the chunks
-# they touch) whatever the image size.
+# Reference windows read at once (cheap: reference resolution); the source is then read
+# one window at a time, so memory stays at one window and the chunks it touches.
 _BATCH = 8
 # Window sides tried by the automatic choice, largest first, and how many candidate
 # windows it wants: larger windows are more precise, more windows are more robust.
@@ -429,17 +429,17 @@ def estimate_on_grid(
                 todo.append((row, rw, bad))
             else:
                 rows.pop()  # not examined: the budget is spent
-        srcs = _compute(
-            [
-                src.data[
-                    :,
-                    row["row"] * factor - pad : (row["row"] + n) * factor + pad,
-                    row["col"] * factor - pad : (row["col"] + n) * factor + pad,
+        for row, rw, bad in todo:
+            # One source window at a time: at most the few chunks it touches are in memory.
+            (sw,) = _compute(
+                [
+                    src.data[
+                        :,
+                        row["row"] * factor - pad : (row["row"] + n) * factor + pad,
+                        row["col"] * factor - pad : (row["col"] + n) * factor + pad,
+                    ]
                 ]
-                for row, _, _ in todo
-            ]
-        )
-        for (row, rw, bad), sw in zip(todo, srcs, strict=True):
+            )
             result = _window_shift(
                 sw, rw, bad, kernels, factor=factor, pad=pad, margin=margin, max_shift=max_shift
             )
