@@ -146,15 +146,20 @@ def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
 
 def test_fit_band_options(files, tmp_path):
     out = tmp_path / "two.safetensors"
-    _ok(
+    proc = _ok(
         xh(
             "fit", files["src"], files["ref"], "--method", "linear", "--patch-size", "16",
-            "--bands", "1=1,3=3", "--scale", "1", "--out", out, "-q",
+            "--bands", "1=1,3=3", "--scale", "1", "--coregister", "--out", out, "-q",
         )
     )  # fmt: skip
     model = xharmonise.load(out)
     assert (model.src_bands, model.ref_bands) == (["1", "3"], ["1", "3"])
     assert model.linear.shape == (2, 3)
+    # The simulated pair is registered: the measured shift is well under a source pixel.
+    assert model.coregistration is not None
+    shift = model.shift.sel(estimate="phase_correlation")
+    assert float(abs(shift).max()) < 0.5
+    assert "shift of the source" in proc.stdout
 
 
 @pytest.mark.slow

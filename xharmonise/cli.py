@@ -286,6 +286,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             progress=not args.quiet,
+            coregister=args.coregister,
         )
     _echo(model)
     _echo(format_metrics(model))
@@ -466,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="reference raster (e.g. Sentinel-2 L2A, 10 m)")
     p.add_argument("--method", choices=_METHODS, default="calibnet", help="default calibnet")
     p.add_argument("--variance", action="store_true", help="add the variance head")
+    p.add_argument(
+        "--coregister",
+        action="store_true",
+        help="measure the source's shift (phase correlation) and correct it before fitting",
+    )
     p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
     p.add_argument(
         "--bands",
