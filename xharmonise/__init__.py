@@ -18,6 +18,7 @@ from xharmonise.errors import (
     UnknownMethodError,
 )
 from xharmonise.harmoniser import Harmoniser, load
+from xharmonise.masks import cloud_mask_from_clm, cloud_mask_from_scl
 from xharmonise.store import to_zarr
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "ShiftEstimate",
     "StoreExistsError",
     "UnknownMethodError",
+    "cloud_mask_from_clm",
+    "cloud_mask_from_scl",
     "estimate_shift",
     "fit",
     "load",

@@ -183,6 +183,23 @@ class Harmoniser:
             },
         )
 
+    def report(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write the model's HTML report: forwards to :func:`xharmonise.plot.report`.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib, xharmonise
+        >>> from xharmonise.simulate import simulate_pair
+        >>> pair = simulate_pair((200, 200), seed=0)
+        >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+        >>> out = model.report(pathlib.Path(tempfile.mkdtemp()) / "report.html")
+        >>> out.name
+        'report.html'
+        """
+        from xharmonise.plot import report
+
+        return report(self, path, **kwargs)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to one safetensors file: weights as tensors, the rest as JSON.
 
