@@ -23,23 +23,86 @@ __all__ = [
 
 
 class HarmoniseError(Exception):
-    """Base class of every error xharmonise raises on bad input or bad state."""
+    """Base class of every error xharmonise raises on bad input or bad state.
+
+    Catch it to handle any refused input in one place; the message says what to change.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> try:
+    ...     xharmonise.fit(pair.src, pair.ref, method="nope")
+    ... except xharmonise.HarmoniseError as err:
+    ...     print(type(err).__name__)
+    UnknownMethodError
+    """
 
 
 class MissingCRSError(HarmoniseError):
-    """An input has no coordinate reference system."""
+    """An input has no coordinate reference system.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src.drop_vars("spatial_ref"), pair.ref, method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.MissingCRSError: the source has no CRS: set one with da.rio.write_crs(...
+    """
 
 
 class GridError(HarmoniseError):
-    """An input grid cannot be used (irregular, descending, coarser than the reference...)."""
+    """An input grid cannot be used (irregular, descending, coarser than the reference...).
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src, pair.ref, mask=pair.mask[:10, :10], method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.GridError: the mask is not on the reference grid: ...
+    """
 
 
 class NoOverlapError(HarmoniseError):
-    """The source and the reference do not overlap enough."""
+    """The source and the reference do not overlap enough.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> far = pair.ref.assign_coords(x=pair.ref.x + 100_000)  # 100 km east
+    >>> xharmonise.fit(pair.src, far, method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.NoOverlapError: the source and the reference do not overlap: ...
+    """
 
 
 class NoValidPatchesError(HarmoniseError):
-    """Every candidate patch holds no-data or cloud."""
+    """Every candidate patch holds no-data or cloud.
+
+    The patch counts are kept on the exception as ``total``, ``nodata`` and ``cloudy``.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> try:
+    ...     xharmonise.fit(pair.src, pair.ref, mask=pair.mask | True, method="linear",
+    ...                    patch_size=8)
+    ... except xharmonise.NoValidPatchesError as err:
+    ...     print(err.total == err.cloudy)
+    True
+    """
 
     def __init__(self, message: str, *, total: int = 0, nodata: int = 0, cloudy: int = 0):
         super().__init__(message)
@@ -49,28 +112,117 @@ class NoValidPatchesError(HarmoniseError):
 
 
 class CoregistrationError(HarmoniseError):
-    """The shift between source and reference cannot be measured reliably."""
+    """The shift between source and reference cannot be measured reliably.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))  # 20 x 20 reference pixels: too small
+    >>> xharmonise.estimate_shift(pair.src, pair.ref)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.CoregistrationError: the overlap (20 x 20 reference pixels) cannot hold ...
+    """
 
 
 class BandMismatchError(HarmoniseError):
-    """Source and reference bands cannot be paired, or differ from the model's."""
+    """Source and reference bands cannot be paired, or differ from the model's.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src, pair.ref.sel(band=["B4", "B8"]), method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.BandMismatchError: the source has 4 bands ['B0', 'B1', 'B2', 'B3'] ...
+
+    Saying which bands pair up fixes it:
+
+    >>> model = xharmonise.fit(pair.src, pair.ref.sel(band=["B4", "B8"]), method="linear",
+    ...                        bands={"B2": "B4", "B3": "B8"}, patch_size=8)
+    >>> model.src_bands, model.ref_bands
+    (['B2', 'B3'], ['B4', 'B8'])
+    """
 
 
 class InputValueError(HarmoniseError):
-    """Input values are not reflectances as expected (scale, NaN, range)."""
+    """Input values are not reflectances as expected (scale, NaN, range).
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> dn = pair.src * 10_000  # DN-like floats, no scale_factor attribute
+    >>> xharmonise.fit(dn, pair.ref, method="linear", patch_size=8)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: the source does not look like reflectance after ...
+    """
 
 
 class UnknownMethodError(HarmoniseError):
-    """The requested method does not exist."""
+    """The requested method does not exist.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src, pair.ref, method="random_forest")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.UnknownMethodError: unknown method 'random_forest': choose one of ...
+    """
 
 
 class ModelFileError(HarmoniseError):
-    """A model file is missing, corrupted, truncated or unsafe."""
+    """A model file is missing, corrupted, truncated or unsafe.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> xharmonise.load("no-such-model.safetensors")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.ModelFileError: no model file at no-such-model.safetensors: check the path
+    """
 
 
 class StoreExistsError(HarmoniseError):
-    """The output store exists and overwriting was not asked for."""
+    """The output store exists and overwriting was not asked for.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> import xharmonise
+    >>> ds = xr.Dataset({"prediction": (("band", "y", "x"), np.zeros((1, 4, 4), "f4"))})
+    >>> xharmonise.to_zarr(ds, "memory://store-exists-example.zarr")
+    >>> xharmonise.to_zarr(ds, "memory://store-exists-example.zarr")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.StoreExistsError: memory://store-exists-example.zarr exists: ...
+    >>> xharmonise.to_zarr(ds, "memory://store-exists-example.zarr", mode="w")  # replace it
+    """
 
 
 class DetailLossWarning(UserWarning):
-    """The model alters full-resolution spatial detail (ConvCalibNet applied at 2 m)."""
+    """The model alters full-resolution spatial detail (ConvCalibNet applied at 2 m).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="convcalibnet", patch_size=8,
+    ...                        iterations=2, batch_size=2, progress=False)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     out = xharmonise.predict(pair.src, model)
+    >>> [w.category.__name__ for w in caught]
+    ['DetailLossWarning']
+    """

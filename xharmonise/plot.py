@@ -381,8 +381,8 @@ def scatter_density(model: Harmoniser, band: str | int, *, bins: int | None = No
     --------
     >>> from xharmonise import fit
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16, progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
     >>> fig = scatter_density(model, "B8")
     >>> [ax.get_title().split("\\n")[0] for ax in fig.axes if ax.get_label() != "<colorbar>"]
     ['initial (source as is)', 'linear baseline']
@@ -464,9 +464,9 @@ def loss_curves(model: Harmoniser) -> Figure:
     --------
     >>> from xharmonise import fit
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="calibnet", patch_size=16, iterations=20,
-    ...             progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="calibnet", patch_size=8, iterations=20,
+    ...             batch_size=2, progress=False)
     >>> fig = loss_curves(model)
     >>> fig.axes[0].get_xlabel()
     'iteration'
@@ -556,8 +556,8 @@ def metric_bars(model: Harmoniser) -> Figure:
     --------
     >>> from xharmonise import fit
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16, progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
     >>> [ax.get_title() for ax in metric_bars(model).axes][:2]
     ['RMSE (lower is better)', 'R² (higher is better)']
     """
@@ -646,9 +646,9 @@ def filters(model: Harmoniser) -> Figure:
     --------
     >>> from xharmonise import fit
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="bcnet", patch_size=16, iterations=5,
-    ...             progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="bcnet", patch_size=8, iterations=5,
+    ...             batch_size=2, progress=False)
     >>> len([ax for ax in filters(model).axes if ax.get_label() != "<colorbar>"])
     4
     """
@@ -884,9 +884,9 @@ def rgb_crop(
     --------
     >>> from xharmonise import fit, predict
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16, progress=False)
-    >>> fig = rgb_crop(pair.src, predict(pair.src, model), (slice(0, 200), slice(100, 300)))
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
+    >>> fig = rgb_crop(pair.src, predict(pair.src, model), (slice(0, 100), slice(50, 150)))
     >>> fig.axes[1].get_title()
     'after: prediction B4/B3/B2'
     """
@@ -924,9 +924,9 @@ def variance_map(
     --------
     >>> from xharmonise import fit, predict
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0, src_clouds=0.05)
-    >>> model = fit(pair.src, pair.ref, method="calibnet", variance=True, patch_size=16,
-    ...             iterations=20, progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0, src_clouds=0.05)
+    >>> model = fit(pair.src, pair.ref, method="calibnet", variance=True, patch_size=8,
+    ...             iterations=20, batch_size=2, progress=False)
     >>> window = pair.src.isel(y=slice(0, 100), x=slice(0, 100))  # pixelwise: any piece
     >>> fig = variance_map(predict(window, model))
     >>> fig.axes[1].get_ylabel()
@@ -1179,8 +1179,8 @@ def report(
     >>> from pathlib import Path
     >>> from xharmonise import fit
     >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16, progress=False)
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
     >>> out = report(model, Path(tempfile.mkdtemp()) / "report.html", src=pair.src)
     >>> sorted(p.stem for p in out.with_name("report_files").iterdir())
     ['metrics', 'rgb_crop', 'scatter_B2', 'scatter_B3', 'scatter_B4', 'scatter_B8']

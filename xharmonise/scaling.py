@@ -93,8 +93,9 @@ def to_reflectance(
     >>> import numpy as np, xarray as xr
     >>> dn = xr.DataArray(np.array([[[0, 1500]]], np.uint16), dims=("band", "y", "x"),
     ...                   attrs={"scale_factor": 1e-4, "_FillValue": 0})
-    >>> to_reflectance(dn).values.round(3).tolist()
-    [[[nan, 0.15]]]
+    >>> refl = to_reflectance(dn)
+    >>> refl.dtype, refl.values.astype(float).round(3).tolist()
+    (dtype('float32'), [[[nan, 0.15]]])
     """
     if "band" not in da.dims:
         band_names(da)  # raises the clear error

@@ -117,6 +117,24 @@ class Truth:
         Boolean, source grid: unmasked clouds in the source.
     ref_clouds : xarray.DataArray
         Boolean, reference grid: clouds in the reference (also returned as ``mask``).
+    src_bands, ref_bands : tuple of str
+        Band names of the source (``B0``..``B3``) and of the reference (``B2``..``B8``),
+        in pairing order.
+
+    Examples
+    --------
+    >>> pair = simulate_pair((100, 100), shift=(2.0, -1.0))
+    >>> truth = pair.truth
+    >>> truth.shift, truth.mapping.shape, truth.reflectance.shape
+    ((2.0, -1.0), (4, 5), (4, 100, 100))
+
+    The affine mapping explains the clear source pixels up to the sensor noise:
+
+    >>> import numpy as np
+    >>> A, b = truth.mapping[:, :4], truth.mapping[:, 4]
+    >>> s2 = np.einsum("ij,jyx->iyx", A, pair.src.values) + b[:, None, None]
+    >>> bool(np.abs(s2 - truth.reflectance.values).mean() < 0.01)
+    True
     """
 
     reflectance: xr.DataArray
@@ -130,7 +148,30 @@ class Truth:
 
 @dataclass
 class SimulatedPair:
-    """A simulated source / reference pair, its reference cloud mask and its truth."""
+    """A simulated source / reference pair, its reference cloud mask and its truth.
+
+    Returned by :func:`simulate_pair`.
+
+    Attributes
+    ----------
+    src : xarray.DataArray
+        Pleiades-like source (band, y, x) at ``src_resolution`` (2 m), with a CRS.
+    ref : xarray.DataArray
+        Sentinel-2-like reference (band, y, x) at 10 m, with a CRS.
+    mask : xarray.DataArray
+        Boolean (y, x) on the reference grid, True = reference cloud: what ``fit`` takes
+        as ``mask=``.
+    truth : Truth
+        What a real pair never tells.
+
+    Examples
+    --------
+    >>> pair = simulate_pair((100, 100), ref_clouds=0.2)
+    >>> pair.src.rio.resolution(), pair.ref.rio.resolution()
+    ((2.0, -2.0), (10.0, -10.0))
+    >>> pair.mask.dims, pair.mask.dtype
+    (('y', 'x'), dtype('bool'))
+    """
 
     src: xr.DataArray
     ref: xr.DataArray
@@ -140,10 +181,28 @@ class SimulatedPair:
     def to_geotiff(self, directory: str | Path) -> dict[str, Path]:
         """Write ``src.tif``, ``ref.tif`` and ``mask.tif`` into ``directory``.
 
+        Parameters
+        ----------
+        directory : str or path-like
+            Folder to write into; created when missing. Existing files are replaced.
+
         Returns
         -------
         dict of str to pathlib.Path
-            The written files by name.
+            The written files by name (``src``, ``ref``, ``mask``): tiled, deflate-
+            compressed GeoTIFFs with the CRS; the mask as uint8 (1 = cloud). Dask-backed
+            arrays are streamed to the file chunk by chunk.
+
+        Examples
+        --------
+        >>> import tempfile, rioxarray
+        >>> pair = simulate_pair((100, 100))
+        >>> paths = pair.to_geotiff(tempfile.mkdtemp())
+        >>> sorted(paths)
+        ['mask', 'ref', 'src']
+        >>> src = rioxarray.open_rasterio(paths["src"])
+        >>> src.shape, src.rio.crs == pair.src.rio.crs
+        ((4, 100, 100), True)
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
