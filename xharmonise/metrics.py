@@ -85,6 +85,7 @@ def max_error(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return _per_band(lambda t, p: np.max(np.abs(t - p)), target, pred)
 
 
+#: The metrics of :func:`metric_table`, by name, in table order.
 METRICS = {"rmse": rmse, "r2": r2, "explained_variance": explained_variance, "max_error": max_error}
 
 

@@ -40,7 +40,9 @@ from xharmonise import psf
 
 __all__ = ["S2_BANDS", "SRC_BANDS", "SimulatedPair", "Truth", "simulate_pair"]
 
+#: Sentinel-2 bands the simulator knows (blue, green, red, NIR at 10 m).
 S2_BANDS = ("B2", "B3", "B4", "B8")
+#: The matching Pleiades bands, in the same order (the source's band names).
 SRC_BANDS = ("B0", "B1", "B2", "B3")
 
 # Surface classes: S2 B2, B3, B4, B8 reflectance (typical library values).
