@@ -37,7 +37,19 @@ _CACHE_LOCK = threading.RLock()  # re-entrant: the kernel builds the network
 
 
 def network_spec(net: Any) -> dict[str, Any]:
-    """JSON-able config + NumPy weights of a network: what a worker needs to rebuild it."""
+    """JSON-able config + NumPy weights of a network: what a worker needs to rebuild it.
+
+    The ``digest`` (SHA-256 of the weights) keys each worker's cache of rebuilt networks.
+
+    Examples
+    --------
+    >>> from xharmonise.models import build_model
+    >>> spec = network_spec(build_model("calibnet", 4, seed=0))
+    >>> sorted(spec), spec["config"]["method"]
+    (['config', 'digest', 'state'], 'calibnet')
+    >>> network_spec(build_model("calibnet", 4, seed=0))["digest"] == spec["digest"]
+    True
+    """
     state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
     digest = hashlib.sha256()
     for k in sorted(state):
@@ -331,6 +343,20 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
     variance planes are NaN for models without a variance head. BCNet runs without its
     filter (pixelwise CalibNet); ConvCalibNet runs on chunks with a halo of its receptive
     radius, so chunked output equals whole-array output.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+    >>> out = map_pixels(pair.src.values, model)
+    >>> out.shape, bool(np.isnan(out[4:]).all())  # no variance head: NaN planes
+    ((8, 200, 200), True)
+    >>> lazy = map_pixels(da.from_array(pair.src.values, chunks=(4, 100, 100)), model)
+    >>> lazy.chunksize, np.array_equal(lazy.compute(), out, equal_nan=True)
+    ((8, 100, 100), True)
     """
     n = model.n_bands
     if model.net is None:

@@ -122,5 +122,14 @@ def model_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tenso
     -------
     torch.Tensor
         Scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> t = torch.tensor([0.2, 0.4])
+    >>> round(float(model_loss(t * 1.1, None, t)), 2)  # relative error (eps aside)
+    0.1
+    >>> round(float(model_loss(t, torch.ones(2), t)), 6)  # NLL: (t - p)² / 2σ² + ½ ln σ²
+    0.0
     """
     return loss_function(var is not None)(pred, var, target)

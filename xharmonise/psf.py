@@ -72,6 +72,11 @@ def kernel_margin(sigma: float, factor: int, extra: int = 0) -> int:
     """Source pixels a kernel must reach beyond its k x k footprint to cover +-3 sigma.
 
     ``extra`` widens it further (BCNet uses it so that its learnable filter can move).
+
+    Examples
+    --------
+    >>> kernel_margin(2.76, 5), kernel_margin(2.76, 5, extra=2)  # S2 B8 at 2 m
+    (6, 8)
     """
     return max(0, math.ceil(3.0 * sigma - factor / 2.0)) + int(extra)
 
@@ -115,6 +120,13 @@ def nyquist_response(kernel: np.ndarray, factor: int) -> float:
 
     Evaluated along x on the kernel's marginal: the reference Nyquist frequency is
     ``1 / (2 * factor)`` cycles per source pixel.
+
+    Examples
+    --------
+    >>> sigma = sigma_from_mtf(0.222, 10.0, 2.0)  # S2 B8 seen from 2 m
+    >>> kernel = gaussian_kernel(sigma, 5, kernel_margin(sigma, 5))
+    >>> round(nyquist_response(kernel, 5), 2)
+    0.22
     """
     g = kernel.sum(axis=0)
     offsets = np.arange(g.size) - (g.size - 1) / 2.0
@@ -165,6 +177,17 @@ def degrade_array(
     numpy.ndarray or dask.array.Array
         Array (band, y // factor, x // factor), same kind as ``data``; a Dask input
         stays lazy and its result equals the NumPy result exactly at chunk seams.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> x = np.random.default_rng(0).random((1, 60, 60)).astype("float32")
+    >>> out = degrade_array(x, [2.5], 5)
+    >>> out.shape, int(np.isfinite(out).sum())  # the border blocks' kernels stick out
+    ((1, 12, 12), 100)
+    >>> lazy = degrade_array(da.from_array(x, chunks=(1, 30, 30)), [2.5], 5)
+    >>> np.array_equal(lazy.compute(), out, equal_nan=True)
+    True
     """
     nb, ny, nx = data.shape
     if ny % factor or nx % factor:
@@ -244,6 +267,15 @@ def degrade_contributions(
         than its share), and a function turning their computed value into the
         (band, y // factor, x // factor) result, equal to :func:`degrade_array`'s up to
         float rounding.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> x = np.random.default_rng(0).random((1, 60, 60)).astype("float32")
+    >>> parts, assemble = degrade_contributions(da.from_array(x, chunks=(1, 30, 30)), [2.5], 5)
+    >>> out = assemble(parts.compute())
+    >>> np.allclose(out, degrade_array(x, [2.5], 5), atol=1e-6, equal_nan=True)
+    True
     """
     nb, ny, nx = data.shape
     if ny % factor or nx % factor:

@@ -45,6 +45,16 @@ class PatchIndex:
         Boolean (rows, cols): patches rejected for no-data, for cloud (both can hold).
     patch_size, ring : int
         Patch side and margin, in reference pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clear = np.zeros((2, 3), bool)
+    >>> cloudy = clear.copy()
+    >>> cloudy[0, 1] = True
+    >>> index = PatchIndex(~cloudy, clear, cloudy, patch_size=32, ring=2)
+    >>> index.counts
+    {'total': 6, 'valid': 5, 'nodata': 0, 'cloudy': 1}
     """
 
     valid: np.ndarray
@@ -64,7 +74,16 @@ class PatchIndex:
         }
 
     def origin(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Reference-pixel row/col of the upper-left corner of patches."""
+        """Reference-pixel row/col of the upper-left corner of patches.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> ok = np.ones((2, 3), bool)
+        >>> index = PatchIndex(ok, ~ok, ~ok, patch_size=32, ring=2)
+        >>> index.origin(np.array([0, 1]), np.array([0, 2]))
+        (array([ 2, 34]), array([ 2, 66]))
+        """
         return self.ring + rows * self.patch_size, self.ring + cols * self.patch_size
 
 
@@ -112,6 +131,14 @@ class Coarse:
         (band, Y, X) source degraded with the reference MTF.
     ref : numpy.ndarray
         (band, Y, X) reference.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ok = np.ones((40, 40), bool)
+    >>> coarse = Coarse(ok, ok, None, np.zeros((4, 40, 40)), np.zeros((4, 40, 40)))
+    >>> patch_validity(coarse, patch_size=8).counts
+    {'total': 16, 'valid': 16, 'nodata': 0, 'cloudy': 0}
     """
 
     src_ok: np.ndarray
@@ -149,6 +176,19 @@ def reduce_to_reference(
     Coarse
         Only arrays ``factor**2`` times smaller than the source are held in memory; a
         Dask source is streamed chunk by chunk.
+
+    Examples
+    --------
+    >>> from xharmonise import grid
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0, ref_clouds=0.1)
+    >>> g = grid.pair_grid(pair.src, pair.ref)
+    >>> src = grid.align_source(pair.src, g)
+    >>> ref = pair.ref.isel(y=g.ref_rows, x=g.ref_cols)
+    >>> mask = pair.mask.isel(y=g.ref_rows, x=g.ref_cols)
+    >>> coarse = reduce_to_reference(src, ref, mask, factor=g.factor, sigmas=[2.5] * 4)
+    >>> tuple(src.shape), coarse.src.shape, coarse.ref.shape, coarse.cloud.shape
+    ((4, 200, 200), (4, 40, 40), (4, 40, 40), (40, 40))
     """
     src_ok = _block_all_finite(src, factor)
     if isinstance(src.data, da.Array):
@@ -284,7 +324,14 @@ class Patches:
     """Gathered patches: reference, degraded source and (optionally) full-resolution source.
 
     ``src`` and ``ref`` are (n, band, p, p); ``src_full`` is (n, band, factor*p + 2*margin,
-    same) or None.
+    same) or None. :func:`gather` builds them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> patches = Patches(src=np.zeros((3, 4, 8, 8)), ref=np.zeros((3, 4, 8, 8)))
+    >>> patches.src_full is None
+    True
     """
 
     src: np.ndarray
@@ -320,6 +367,21 @@ def gather(
     Returns
     -------
     Patches
+
+    Examples
+    --------
+    >>> from xharmonise import grid
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> g = grid.pair_grid(pair.src, pair.ref)
+    >>> src = grid.align_source(pair.src, g)
+    >>> ref = pair.ref.isel(y=g.ref_rows, x=g.ref_cols)
+    >>> coarse = reduce_to_reference(src, ref, None, factor=g.factor, sigmas=[2.5] * 4)
+    >>> index = patch_validity(coarse, patch_size=8, ring=2)
+    >>> train, test = split_patches(index, seed=0)
+    >>> p = gather(index, train, coarse=coarse, src=src, factor=g.factor, margin=4)
+    >>> p.src.shape, p.ref.shape, p.src_full.shape  # src_full: 5 x 8 + 2 x 4 pixels
+    ((14, 4, 8, 8), (14, 4, 8, 8), (14, 4, 48, 48))
     """
     p = index.patch_size
     r0, c0 = index.origin(cells[:, 0], cells[:, 1])

@@ -6,7 +6,9 @@ Gaussian model of the reference's point-spread function, BCNet learns one K x K 
 band, applied with stride ``factor``, jointly with the radiometric CalibNet. The filter can
 absorb PSF-model errors and sub-pixel misregistration, which would otherwise bias the
 radiometric mapping. At inference the filter is dropped: ``pixelwise()`` returns the inner
-CalibNet, applied to the source degraded with the fixed Gaussian model.
+CalibNet, which :func:`xharmonise.predict` applies to every source pixel at full
+resolution. (The test-split metrics at the reference resolution are those of the whole
+network, learned filter included.)
 
 Filter parametrisation: the weights hold log-kernel values and the kernel is their 2-D
 softmax, so it stays positive and sums to 1 (energy preserving) whatever the optimiser
@@ -100,7 +102,15 @@ class BCNet(nn.Module):
         return self.factor + 2 * self.margin
 
     def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it."""
+        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it.
+
+        Examples
+        --------
+        >>> from xharmonise.models import build_model
+        >>> net = BCNet(4, [2.5] * 4, factor=5, margin=2)
+        >>> net.config()["margin"], type(build_model(**net.config())).__name__
+        (2, 'BCNet')
+        """
         return {
             "method": self.method,
             "n_bands": self.n_bands,
@@ -112,7 +122,14 @@ class BCNet(nn.Module):
         }
 
     def pixelwise(self) -> CalibNet:
-        """The inner CalibNet, to apply on Gaussian-degraded source pixels at inference."""
+        """The inner CalibNet: what inference applies to every source pixel at full
+        resolution, the learned filter skipped.
+
+        Examples
+        --------
+        >>> type(BCNet(4, [2.5] * 4, factor=5, margin=2).pixelwise()).__name__
+        'CalibNet'
+        """
         return self.calib
 
     def _normalised_kernels(self) -> torch.Tensor:
@@ -126,6 +143,12 @@ class BCNet(nn.Module):
         -------
         numpy.ndarray
             float64 array (C, K, K); each band sums to 1.
+
+        Examples
+        --------
+        >>> k = BCNet(4, [2.5] * 4, factor=5, margin=2).filters()
+        >>> k.shape, k.sum(axis=(1, 2)).round(6).tolist()
+        ((4, 9, 9), [1.0, 1.0, 1.0, 1.0])
         """
         with torch.no_grad():
             return self._normalised_kernels().detach().cpu().double().numpy()
@@ -142,6 +165,13 @@ class BCNet(nn.Module):
         -------
         torch.Tensor
             Coarse batch (N, C, n, m).
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = BCNet(4, [2.5] * 4, factor=5, margin=2)
+        >>> net.degrade(torch.rand(1, 4, 5 * 8 + 4, 5 * 8 + 4)).shape
+        torch.Size([1, 4, 8, 8])
         """
         if x.ndim != 4 or x.shape[1] != self.n_bands:
             raise ValueError(
@@ -176,6 +206,14 @@ class BCNet(nn.Module):
             (N, C, n, m).
         variance : torch.Tensor or None
             σ² > 0, (N, C, n, m), or None without a variance head.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = BCNet(4, [2.5] * 4, factor=5, margin=2, variance=True).eval()
+        >>> pred, var = net(torch.rand(2, 4, 5 * 8 + 4, 5 * 8 + 4))
+        >>> pred.shape, bool((var > 0).all())
+        (torch.Size([2, 4, 8, 8]), True)
         """
         return self.calib(self.degrade(x))
 

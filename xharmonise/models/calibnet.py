@@ -67,7 +67,13 @@ class CalibNet(nn.Module):
         self.fc_var = clone_layer(self.fc3) if variance else None
 
     def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it."""
+        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it.
+
+        Examples
+        --------
+        >>> CalibNet(4, variance=True).config()
+        {'method': 'calibnet', 'n_bands': 4, 'variance': True, 'hidden': 320}
+        """
         return {
             "method": self.method,
             "n_bands": self.n_bands,
@@ -76,7 +82,14 @@ class CalibNet(nn.Module):
         }
 
     def pixelwise(self) -> CalibNet:
-        """The network to apply pixel by pixel at inference: CalibNet itself."""
+        """The network to apply pixel by pixel at inference: CalibNet itself.
+
+        Examples
+        --------
+        >>> net = CalibNet(4)
+        >>> net.pixelwise() is net
+        True
+        """
         return self
 
     def _forward_pixels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -100,6 +113,14 @@ class CalibNet(nn.Module):
             Same shape as ``x``.
         variance : torch.Tensor or None
             σ² > 0, same shape as ``x``, or None without a variance head.
+
+        Examples
+        --------
+        >>> import torch
+        >>> net = CalibNet(4, variance=True).eval()
+        >>> pred, var = net(torch.rand(10, 4))
+        >>> pred.shape, bool((var > 0).all())
+        (torch.Size([10, 4]), True)
         """
         if x.ndim == 2:
             return self._forward_pixels(x)

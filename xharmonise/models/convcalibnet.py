@@ -76,7 +76,13 @@ class ConvCalibNet(nn.Module):
         self.conv_var = clone_layer(self.conv3) if variance else None
 
     def config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it."""
+        """JSON-able constructor arguments: ``build_model(**net.config())`` rebuilds it.
+
+        Examples
+        --------
+        >>> ConvCalibNet(4).config()
+        {'method': 'convcalibnet', 'n_bands': 4, 'variance': False, 'hidden': 64}
+        """
         return {
             "method": self.method,
             "n_bands": self.n_bands,
@@ -91,6 +97,13 @@ class ConvCalibNet(nn.Module):
         ------
         NotImplementedError
             Always; apply the network itself on tiles with a ``receptive_radius`` halo.
+
+        Examples
+        --------
+        >>> ConvCalibNet(4).pixelwise()
+        Traceback (most recent call last):
+            ...
+        NotImplementedError: convcalibnet uses a 7x7 neighbourhood; ...
         """
         raise NotImplementedError(
             "convcalibnet uses a 7x7 neighbourhood; apply it on image tiles with a halo of "
@@ -111,6 +124,13 @@ class ConvCalibNet(nn.Module):
             (N, C, H, W).
         variance : torch.Tensor or None
             σ² > 0, (N, C, H, W), or None without a variance head.
+
+        Examples
+        --------
+        >>> import torch
+        >>> pred, var = ConvCalibNet(4).eval()(torch.rand(1, 4, 16, 16))
+        >>> pred.shape, var
+        (torch.Size([1, 4, 16, 16]), None)
         """
         if x.ndim != 4:
             raise ValueError(f"expected (N, C, H, W) input, got shape {tuple(x.shape)}")

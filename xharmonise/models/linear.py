@@ -40,7 +40,15 @@ def fit_linear(src: np.ndarray, ref: np.ndarray, *, axis: int = 0) -> np.ndarray
 
 
 def apply_linear(coef: np.ndarray, src: np.ndarray, *, axis: int = 0) -> np.ndarray:
-    """Apply ``[A | b]`` along the band ``axis`` of ``src``; keeps its float dtype."""
+    """Apply ``[A | b]`` along the band ``axis`` of ``src``; keeps its float dtype.
+
+    Examples
+    --------
+    >>> coef = np.array([[2.0, 0.0, 0.1], [1.0, -1.0, 0.0]])  # from fit_linear
+    >>> apply_linear(coef, np.array([[1.0], [0.5]], np.float32))
+    array([[2.1],
+           [0.5]], dtype=float32)
+    """
     moved = np.moveaxis(src, axis, -1)
     out = moved @ coef[:, :-1].T.astype(moved.dtype) + coef[:, -1].astype(moved.dtype)
     return np.moveaxis(out, -1, axis)

@@ -62,6 +62,14 @@ def clone_layer(layer: nn.Module) -> nn.Module:
     -------
     torch.nn.Module
         New layer of the same type and shape.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> layer = nn.Linear(320, 4)
+    >>> twin = clone_layer(layer)
+    >>> twin, twin.weight is layer.weight
+    (Linear(in_features=320, out_features=4, bias=True), False)
     """
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
