@@ -9,7 +9,7 @@ own: large scenes are built lazily with Dask and chunked output equals unchunked
 Forward models
 --------------
 * Sentinel-2 (reference): surface reflectance in B2, B3, B4, B8 seen through the per-band
-  Gaussian MTF (:mod:`xharmonise.psf`), one sample per 10 m pixel, plus noise; optional
+  Gaussian MTF (``xharmonise.psf``), one sample per 10 m pixel, plus noise; optional
   clouds that are returned as a mask (the "masked" clouds of an L2A product).
 * Pleiades (source): the same surface displaced by ``shift`` metres, seen through wider
   spectral bands (a band-mixing matrix), optionally through the atmosphere (TOA: path
@@ -17,7 +17,7 @@ Forward models
   BRDF-like per-band gains and offsets, plus noise and optional unmasked clouds.
 
 Without TOA and clouds, the S2-equivalent of a Pleiades pixel is an exact affine function
-of it: :attr:`Truth.mapping` holds that function.
+of it: ``Truth.mapping`` holds that function.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Scoring a full-resolution prediction against a simulated pair's known truth.
 
 A real pair only allows scores at the reference resolution, on the test patches
-(:attr:`Harmoniser.metrics`). The simulator also knows, at the source resolution, the
+(``Harmoniser.metrics``). The simulator also knows, at the source resolution, the
 reflectance a perfect harmonisation would give, where its unmasked clouds are, and the
 detail the source carries; these scores use that knowledge to check the paper's claims:
 the mapping is right on clear pixels, full-resolution detail is kept, and the variance
