@@ -62,10 +62,19 @@ class Harmoniser:
         the scatter plots without the images.
     coregistration : dict or None
         The phase-correlation shift measured at fit time
-        (:meth:`xharmonise.coregister.ShiftEstimate.to_dict`) plus ``applied``: whether the
+        (:meth:`xharmonise.ShiftEstimate.to_dict`) plus ``applied``: whether the
         source was corrected by it before sampling (``fit(..., coregister=True)``), in
         which case :func:`xharmonise.predict` moves its output by it. None when no shift
         was measured.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+    >>> model.metrics.dims, model.n_bands
+    (('band', 'metric', 'stage'), 4)
     """
 
     method: str
@@ -214,6 +223,15 @@ class Harmoniser:
         Returns
         -------
         pathlib.Path
+
+        Examples
+        --------
+        >>> import tempfile, pathlib, xharmonise
+        >>> from xharmonise.simulate import simulate_pair
+        >>> pair = simulate_pair((200, 200), seed=0)
+        >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+        >>> model.save(pathlib.Path(tempfile.mkdtemp()) / "model.safetensors").suffix
+        '.safetensors'
         """
         from safetensors.numpy import save_file
 
@@ -311,6 +329,16 @@ def load(path: str | os.PathLike) -> Harmoniser:
     ------
     ModelFileError
         Missing, truncated, corrupted, foreign or unsafe file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+    >>> path = model.save(pathlib.Path(tempfile.mkdtemp()) / "model.safetensors")
+    >>> bool((load(path).linear == model.linear).all())
+    True
     """
     from safetensors import SafetensorError, safe_open
 
