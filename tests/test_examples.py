@@ -102,12 +102,3 @@ def test_cluster_inference(tmp_path):
     # One shard per source chunk: 128-pixel chunks along y and x.
     assert back["prediction"].encoding["shards"][1:] == (128, 128)
     assert np.isfinite(back["prediction"].values).mean() > 0.99
-
-
-def test_demo_main_job(tmp_path):
-    from xharmonise.demo import main
-
-    assert main(["--out", str(tmp_path), "--size", "600"]) == 0
-    assert (tmp_path / "harmonised.zarr").is_dir()
-    assert "rmse" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "model.safetensors").is_file()
