@@ -4,4 +4,6 @@ import sys
 
 from xharmonise.cli import main
 
-sys.exit(main())
+# Guarded: doctest collection imports every module of the package, this one included.
+if __name__ == "__main__":
+    sys.exit(main())
