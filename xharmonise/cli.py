@@ -14,9 +14,23 @@ Progress bars (training, Zarr writes) go to stderr, so stdout holds only results
 
 Examples
 --------
+>>> import numpy as np, xarray as xr, xharmonise
 >>> from xharmonise.cli import main
->>> main(["fit", "--method", "nope", "src.tif", "ref.tif"])  # doctest: +SKIP
-xharmonise: error: argument --method: invalid choice: 'nope' ...
+>>> ds = xr.Dataset({"prediction": (("band", "y", "x"), np.zeros((1, 4, 4), "f4"))})
+>>> xharmonise.to_zarr(ds, "memory://cli-doc.zarr")
+>>> main(["info", "memory://cli-doc.zarr"])
+store                memory://cli-doc.zarr
+status               complete
+dimensions           band: 1, y: 4, x: 4
+variable prediction  float32 (band, y, x) 1 x 4 x 4, chunks (1, 4, 4), shards (1, 4, 4)
+crs                  none
+transform            (1, 0, 0, 0, 1, 0)
+bands                none
+0
+
+A usage error prints one line on stderr and returns 2:
+
+>>> main(["fit", "src.tif", "ref.tif", "--method", "nope"])
 2
 """
 
