@@ -160,7 +160,7 @@ def _fmt(v: float) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The results as markdown tables (docs/paper_table.md)."""
-    cfg = results["config"]
+    cfg = results.get("config", {"size": "?", "seed": "?"})
     lines = [
         "# The paper's experiment on simulated pairs",
         "",
@@ -219,8 +219,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     quality = results.get("quality")
     if quality:
+        qsize = results.get("quality_config", {}).get("size", "?")
         lines += [
-            "## Time-to-quality of the CPU defaults (TOA pair)",
+            f"## Time-to-quality of the CPU defaults (TOA pair, {qsize}² source pixels)",
             "",
             "| method | default fit s | default best val loss | 4x fit s | 4x best val loss "
             "| gap |",
@@ -248,9 +249,11 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if results.get("config", {}).get("size") not in (None, args.size):
-        results = {}  # another size: the old entries are not comparable
-    results["config"] = {"size": args.size, "seed": args.seed, "shift_m": list(SHIFT)}
+    config = {"size": args.size, "seed": args.seed, "shift_m": list(SHIFT)}
+    if not args.no_table:
+        if results.get("config", {}).get("size") not in (None, args.size):
+            results.pop("scenarios", None)  # another size: old entries are not comparable
+        results["config"] = config
     results["machine"] = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
@@ -282,6 +285,9 @@ def main() -> None:
                 save()
     if args.quality:
         pair = _pair("toa", args.size, args.seed)
+        if results.get("quality_config", {}).get("size") not in (None, args.size):
+            results.pop("quality", None)
+        results["quality_config"] = config
         results.setdefault("quality", {})
         for method in args.methods.split(","):
             if method in NEURAL:
