@@ -22,7 +22,15 @@ from pyproj import CRS
 
 from xharmonise.errors import GridError, MissingCRSError, NoOverlapError
 
-__all__ = ["PairGrid", "align_source", "geobox_of", "pair_grid", "resolution_of", "translate"]
+__all__ = [
+    "PairGrid",
+    "align_source",
+    "centred_window",
+    "geobox_of",
+    "pair_grid",
+    "resolution_of",
+    "translate",
+]
 
 # Fraction of a pixel below which two grids are taken as identical (float noise in
 # transforms read from files).
@@ -363,3 +371,31 @@ def translate(
         ref.attrs = {**ref.attrs, "GeoTransform": " ".join(repr(float(v)) for v in moved.to_gdal())}
         out = out.assign_coords(spatial_ref=ref)
     return out
+
+
+def centred_window(shape: tuple[int, ...], side: int) -> tuple[slice, slice]:
+    """The (y, x) slices of a window of at most ``side`` pixels centred in ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape; the last two axes are (y, x).
+    side : int
+        Largest window side, in pixels; an axis shorter than it is taken whole.
+
+    Returns
+    -------
+    tuple of slice
+        ``(y, x)`` unit-step slices.
+
+    Examples
+    --------
+    >>> centred_window((4, 10, 3), 6)
+    (slice(2, 8, None), slice(0, 3, None))
+    """
+    out = []
+    for n in shape[-2:]:
+        size = min(n, side)
+        start = (n - size) // 2
+        out.append(slice(start, start + size))
+    return out[0], out[1]

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from xharmonise.errors import DetailLossWarning
+from xharmonise.grid import centred_window
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.metrics import high_frequency_transfer, rmse, roc_auc
 from xharmonise.models.linear import apply_linear
@@ -26,13 +27,6 @@ __all__ = ["score_against_truth"]
 # Side of the central window where spectra are taken: large enough for a smooth
 # spectrum, small enough for a quick FFT.
 _SPECTRUM_WINDOW = 1024
-
-
-def _central_window(shape: tuple[int, ...], side: int) -> tuple[slice, slice]:
-    ny, nx = shape[-2:]
-    hy, hx = min(side, ny), min(side, nx)
-    y0, x0 = (ny - hy) // 2, (nx - hx) // 2
-    return slice(y0, y0 + hy), slice(x0, x0 + hx)
 
 
 def score_against_truth(
@@ -90,7 +84,7 @@ def score_against_truth(
     stages = {"initial": src, "linear": linear, "model": pred}
     rmse_clear = np.stack([rmse(truth[:, clear], v[:, clear]) for v in stages.values()], axis=1)
 
-    window = (slice(None), *_central_window(src.shape, _SPECTRUM_WINDOW))
+    window = (slice(None), *centred_window(src.shape, _SPECTRUM_WINDOW))
     if not all(np.isfinite(v[window]).all() for v in (truth, *stages.values())):
         raise ValueError("the central spectrum window holds no-data: simulate a larger pair")
     cutoff = 1.0 / (2 * model.factor)  # reference Nyquist, in source cycles per pixel
