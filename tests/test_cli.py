@@ -18,17 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rioxarray
-import test_store_s3
 import xarray as xr
-from conftest import FailAfter, local_cluster
+from conftest import BUCKET, FailAfter, local_cluster
 from dask.utils import key_split
-from test_store_s3 import BUCKET
 
 import xharmonise
 from xharmonise.simulate import simulate_pair
-
-# The real S3 server (SeaweedFS) of the store tests, for the commands on s3:// URLs.
-s3 = test_store_s3.s3
 
 # Generous: a loaded 2-core machine; a hung command must still end the test.
 _TIMEOUT = 600
