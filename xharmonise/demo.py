@@ -163,9 +163,6 @@ def run(
             src = open_raster(str(paths["src"]), what="the source", chunks=chunks)
             ref = open_raster(str(paths["ref"]), what="the reference", chunks=chunks)
             mask = open_raster(str(paths["mask"]), what="the mask", chunks=chunks)[0] > 0
-            # The files number their bands; the names pick each band's MTF in fit.
-            src = src.assign_coords(band=list(pair.src["band"].values))
-            ref = ref.assign_coords(band=list(pair.ref["band"].values))
             echo(_describe_pair(pair, size, lap("simulate")))
             echo(f"inputs: {paths['src']}, {paths['ref']}, {paths['mask']}")
         else:

@@ -192,8 +192,9 @@ class SimulatedPair:
         -------
         dict of str to pathlib.Path
             The written files by name (``src``, ``ref``, ``mask``): tiled, deflate-
-            compressed GeoTIFFs with the CRS; the mask as uint8 (1 = cloud). Dask-backed
-            arrays are streamed to the file chunk by chunk.
+            compressed GeoTIFFs with the CRS and the band names as band descriptions; the
+            mask as uint8 (1 = cloud). Dask-backed arrays are streamed to the file chunk by
+            chunk.
 
         Examples
         --------
@@ -205,6 +206,8 @@ class SimulatedPair:
         >>> src = rioxarray.open_rasterio(paths["src"])
         >>> src.shape, src.rio.crs == pair.src.rio.crs
         ((4, 100, 100), True)
+        >>> src.attrs["long_name"]  # band names, as band descriptions
+        ('B0', 'B1', 'B2', 'B3')
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -214,8 +217,11 @@ class SimulatedPair:
             out = arr.astype("uint8") if arr.dtype == bool else arr
             if "band" not in out.dims:
                 out = out.expand_dims(band=[name])
+            # GeoTIFF numbers its bands; the names go into the band descriptions, which
+            # rioxarray reads back as ``long_name`` (they pick each band's MTF in fit).
+            names = tuple(str(b) for b in out["band"].values)
             out = out.assign_coords(band=np.arange(1, out.sizes["band"] + 1))
-            out.attrs.pop("long_name", None)
+            out.attrs["long_name"] = names
             # A lock makes rioxarray stream Dask chunks to the file instead of loading all.
             out.rio.to_raster(path, tiled=True, lock=threading.Lock(), compress="deflate")
             paths[name] = path
