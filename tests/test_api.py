@@ -9,7 +9,7 @@ import rioxarray
 import xarray as xr
 
 import xharmonise
-from xharmonise.errors import BandMismatchError, GridError, UnknownMethodError
+from xharmonise.errors import BandMismatchError, GridError, InputValueError, UnknownMethodError
 from xharmonise.simulate import simulate_pair
 
 
@@ -103,6 +103,38 @@ def test_integer_inputs_are_scaled(toc_pair):
     pa = xharmonise.predict(dn.src, a)["prediction"].values
     pb = xharmonise.predict(flt.src, b)["prediction"].values
     np.testing.assert_allclose(pa, pb, atol=2e-3)
+
+
+def _without_scaling(da):
+    bare = da.copy()
+    bare.attrs = {k: v for k, v in da.attrs.items() if k not in ("scale_factor", "add_offset")}
+    return bare
+
+
+def test_offsets_from_arguments_and_from_training():
+    dn = simulate_pair((400, 400), seed=3, dtype="uint16")
+    # A source product with an additive offset, like the S2 L2A reference (-0.1).
+    src = dn.src.copy()
+    src.attrs["add_offset"] = 0.02
+    model = xharmonise.fit(src, dn.ref, method="linear", patch_size=16)
+    assert (model.src_scale, model.src_offset) == (1e-4, 0.02)
+
+    # The same DN without metadata, with scale and offset given: the same fit, exactly.
+    bare_src, bare_ref = _without_scaling(src), _without_scaling(dn.ref)
+    again = xharmonise.fit(
+        bare_src, bare_ref, method="linear", patch_size=16, scale=1e-4, offset=(0.02, -0.1)
+    )
+    np.testing.assert_array_equal(again.linear, model.linear)
+    assert again.src_offset == 0.02
+
+    # predict scales a bare integer source as the model was trained: offset included.
+    want = xharmonise.predict(src, model)["prediction"].values
+    np.testing.assert_array_equal(xharmonise.predict(bare_src, model)["prediction"].values, want)
+    # An explicit offset wins; the gains are far from 0, so a wrong offset shows.
+    other = xharmonise.predict(bare_src, model, offset=0.0)["prediction"].values
+    assert np.nanmin(np.abs(other - want)) > 0.005
+    with pytest.raises(InputValueError, match="scale"):
+        xharmonise.fit(bare_src, bare_ref, method="linear", offset=(0.02, -0.1))
 
 
 def test_three_bands_and_band_mapping():

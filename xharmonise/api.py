@@ -31,7 +31,7 @@ from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.metrics import metric_table
 from xharmonise.models.linear import apply_linear, fit_linear
-from xharmonise.scaling import band_names, to_reflectance
+from xharmonise.scaling import band_names, scaling_like_training, to_reflectance
 
 __all__ = ["METHODS", "estimate_shift", "fit", "predict"]
 
@@ -146,16 +146,21 @@ def _prepare(
     src: xr.DataArray | xr.Dataset,
     ref: xr.DataArray | xr.Dataset,
     scale: float | tuple[float | None, float | None] | None,
+    offset: float | tuple[float | None, float | None] | None,
     bands: Mapping[str, str] | Sequence[str] | None,
-) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray, list[str], list[str], float | None]:
-    """Reflectance of both inputs with their bands paired; also the raw source and its scale."""
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray, list[str], list[str], float, float]:
+    """Reflectance of both inputs with their bands paired; also the raw source and the
+    scale and offset that turned it into reflectance."""
     src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
+    src_offset, ref_offset = offset if isinstance(offset, tuple) else (offset, offset)
     src_da = _as_dataarray(src, "the source")
     ref_da = _as_dataarray(ref, "the reference")
-    src_r = to_reflectance(src_da, scale=src_scale, name="the source")
-    ref_r = to_reflectance(ref_da, scale=ref_scale, name="the reference")
+    src_r = to_reflectance(src_da, scale=src_scale, offset=src_offset, name="the source")
+    ref_r = to_reflectance(ref_da, scale=ref_scale, offset=ref_offset, name="the reference")
     src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
-    return src_da, src_r, ref_r, src_names, ref_names, src_scale
+    used_scale = src_scale if src_scale is not None else src_da.attrs.get("scale_factor", 1.0)
+    used_offset = src_offset if src_offset is not None else src_da.attrs.get("add_offset", 0.0)
+    return src_da, src_r, ref_r, src_names, ref_names, float(used_scale), float(used_offset)
 
 
 def _estimate(
@@ -184,6 +189,7 @@ def estimate_shift(
     mask: xr.DataArray | None = None,
     bands: Mapping[str, str] | Sequence[str] | None = None,
     scale: float | tuple[float | None, float | None] | None = None,
+    offset: float | tuple[float | None, float | None] | None = None,
     window: int | None = None,
     max_windows: int = 64,
     max_shift: float = 4.0,
@@ -217,8 +223,9 @@ def estimate_shift(
         are skipped.
     bands : mapping or sequence, optional
         Band pairing, as for :func:`fit`.
-    scale : float or (float, float), optional
-        DN scale of integer inputs without a ``scale_factor`` attribute, as for :func:`fit`.
+    scale, offset : float or (float, float), optional
+        DN scale and reflectance offset of integer inputs without ``scale_factor`` /
+        ``add_offset`` attributes, as for :func:`fit`.
     window : int, optional
         Window side in reference pixels; by default the largest of 64, 48, 32 and 24 that
         gives at least 16 windows.
@@ -253,7 +260,7 @@ def estimate_shift(
     >>> round(est.east), round(est.north)
     (4, -3)
     """
-    _, src_r, ref_r, _, ref_names, _ = _prepare(src, ref, scale, bands)
+    _, src_r, ref_r, _, ref_names, _, _ = _prepare(src, ref, scale, offset, bands)
     g = _grid.pair_grid(src_r, ref_r)
     return _estimate(
         src_r,
@@ -278,6 +285,7 @@ def fit(
     mask: xr.DataArray | None = None,
     bands: Mapping[str, str] | Sequence[str] | None = None,
     scale: float | tuple[float | None, float | None] | None = None,
+    offset: float | tuple[float | None, float | None] | None = None,
     iterations: int | None = None,
     batch_size: int | None = None,
     patch_size: int = 32,
@@ -309,6 +317,11 @@ def fit(
     scale : float or (float, float), optional
         DN scale for integer inputs without a ``scale_factor`` attribute: one value for
         both, or (source, reference).
+    offset : float or (float, float), optional
+        Reflectance offset (after scaling) for inputs without an ``add_offset``
+        attribute, as above: reflectance = DN x scale + offset. Sentinel-2 L2A from
+        processing baseline 04.00 on stores (reflectance x 10000 + 1000), i.e.
+        ``scale=1e-4, offset=(None, -0.1)`` when the reference's metadata is lost.
     iterations, batch_size : int, optional
         Training budget and batch size in patches (neural methods). By default the paper's
         recipe on a GPU (5000 iterations of 100 patches) and a CPU budget sized to finish
@@ -356,7 +369,9 @@ def fit(
     """
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    src_da, src_r, ref_r, src_names, ref_names, src_scale = _prepare(src, ref, scale, bands)
+    src_da, src_r, ref_r, src_names, ref_names, src_scale, src_offset = _prepare(
+        src, ref, scale, offset, bands
+    )
 
     g = _grid.pair_grid(src_r, ref_r)
     estimate = coregister if isinstance(coregister, ShiftEstimate) else None
@@ -437,10 +452,8 @@ def fit(
         ref_bands=ref_names,
         factor=g.factor,
         sigmas=sigmas,
-        src_scale=float(
-            src_scale if src_scale is not None else src_da.attrs.get("scale_factor", 1.0)
-        ),
-        src_offset=float(src_da.attrs.get("add_offset", 0.0)),
+        src_scale=src_scale,
+        src_offset=src_offset,
         src_dtype=str(src_da.dtype),
         linear=linear,
         metrics=table,
@@ -556,6 +569,7 @@ def predict(
     *,
     variance: bool = True,
     scale: float | None = None,
+    offset: float | None = None,
 ) -> xr.Dataset:
     """Apply a fitted mapping to ``src`` pixel by pixel, at its own resolution, lazily.
 
@@ -567,9 +581,10 @@ def predict(
         From :func:`fit` or :func:`xharmonise.load`.
     variance : bool
         Include the ``variance`` variable (models with a variance head only).
-    scale : float, optional
-        DN scale of an integer ``src`` without a ``scale_factor`` attribute; by default
-        the scale the model was trained with, when it was trained on integer DN too.
+    scale, offset : float, optional
+        Reflectance = DN x scale + offset for an integer ``src`` without
+        ``scale_factor``/``add_offset`` attributes; by default those the model was trained
+        with, when it was trained on integer DN too.
 
     Returns
     -------
@@ -611,15 +626,10 @@ def predict(
             f"the model was trained on source bands {model.src_bands}, the image has {names}: "
             f"select and order them, e.g. src.sel(band={model.src_bands})"
         )
-    integer = np.issubdtype(src_da.dtype, np.integer)
-    if scale is None and "scale_factor" not in src_da.attrs and integer:
-        if not np.issubdtype(np.dtype(model.src_dtype), np.integer):
-            raise InputValueError(
-                f"the image holds integer values ({src_da.dtype}) but the model was trained "
-                f"on {model.src_dtype} reflectance: give the DN scale with scale= (e.g. 1e-4)"
-            )
-        scale = model.src_scale
-    src_r = to_reflectance(src_da, scale=scale, name="the source")
+    scale, offset = scaling_like_training(
+        src_da, (model.src_dtype, model.src_scale, model.src_offset), scale=scale, offset=offset
+    )
+    src_r = to_reflectance(src_da, scale=scale, offset=offset, name="the source")
     if model.method == "convcalibnet":
         warnings.warn(
             "ConvCalibNet learned spatial effects (MTF, mis-registration) at the reference "

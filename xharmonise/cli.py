@@ -151,6 +151,21 @@ def parse_bands(text: str) -> dict[str, str] | list[str]:
     return items
 
 
+def _parse_pair(text: str, what: str, example: str) -> float | tuple[float | None, float | None]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) if p else None for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {what}: give a number ({example}) or SRC,REF ({example},{example})"
+        ) from None
+    if len(values) == 1 and values[0] is not None:
+        return values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise argparse.ArgumentTypeError(f"{text!r}: give one value or SRC,REF")
+
+
 def parse_scale(text: str) -> float | tuple[float | None, float | None]:
     """Parse ``--scale``: one DN scale for both inputs, or ``SRC,REF`` (either may be empty).
 
@@ -161,18 +176,18 @@ def parse_scale(text: str) -> float | tuple[float | None, float | None]:
     >>> parse_scale(",1e-4")
     (None, 0.0001)
     """
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [float(p) if p else None for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a scale: give a number (1e-4) or SRC,REF (1e-4,1e-4)"
-        ) from None
-    if len(values) == 1 and values[0] is not None:
-        return values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise argparse.ArgumentTypeError(f"{text!r}: give one scale or SRC,REF")
+    return _parse_pair(text, "a scale", "1e-4")
+
+
+def parse_offset(text: str) -> float | tuple[float | None, float | None]:
+    """Parse ``--offset``: one reflectance offset for both inputs, or ``SRC,REF``.
+
+    Examples
+    --------
+    >>> parse_offset(",-0.1")  # Sentinel-2 L2A since processing baseline 04.00
+    (None, -0.1)
+    """
+    return _parse_pair(text, "an offset", "-0.1")
 
 
 def _positive(text: str) -> int:
@@ -294,6 +309,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             mask=mask,
             bands=args.bands,
             scale=args.scale,
+            offset=args.offset,
             iterations=args.iterations,
             patch_size=args.patch_size,
             max_patches=args.max_patches,
@@ -346,7 +362,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     src = open_raster(args.src, what="the source", chunks=args.chunks)
     t0 = time.perf_counter()
     with _scheduler(args.scheduler):
-        out = xharmonise.predict(src, model, variance=not args.no_variance, scale=args.scale)
+        out = xharmonise.predict(
+            src, model, variance=not args.no_variance, scale=args.scale, offset=args.offset
+        )
         try:
             xharmonise.to_zarr(
                 out,
@@ -373,9 +391,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     src = prediction = None
     if args.src:
         src = open_raster(args.src, what="the source", chunks=args.chunks)
-        prediction = xharmonise.predict(src, model, scale=args.scale)
+        prediction = xharmonise.predict(src, model, scale=args.scale, offset=args.offset)
     with _scheduler(None):
-        path = report(model, args.out, src=src, prediction=prediction, title=args.title)
+        path = report(
+            model,
+            args.out,
+            src=src,
+            prediction=prediction,
+            title=args.title,
+            scale=args.scale,
+            offset=args.offset,
+        )
     _echo(f"wrote {path}")
     return EXIT_OK
 
@@ -499,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="DN scale of integer inputs without scale_factor: one value or SRC,REF",
     )
+    p.add_argument(
+        "--offset",
+        type=parse_offset,
+        metavar="O",
+        help="reflectance offset (after scaling) of inputs without add_offset: one value or "
+        "SRC,REF (S2 L2A from baseline 04.00: ,-0.1)",
+    )
     p.add_argument("--iterations", type=_positive, help="training iterations (neural methods)")
     p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
     p.add_argument("--max-patches", type=_positive, metavar="N", help="use at most N patches")
@@ -527,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-variance", action="store_true", help="leave the variance out")
     p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
+    p.add_argument("--offset", type=float, metavar="O", help="reflectance offset of an integer SRC")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -540,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="report.html", help="default report.html")
     p.add_argument("--src", help="source raster to show with its prediction")
     p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
+    p.add_argument("--offset", type=float, metavar="O", help="reflectance offset of an integer SRC")
     p.add_argument("--title")
     p.set_defaults(func=_cmd_report)
 

@@ -36,7 +36,8 @@ from matplotlib.patches import Circle
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from xharmonise.errors import BandMismatchError, GridError, InputValueError
-from xharmonise.scaling import band_names, to_reflectance
+from xharmonise.grid import centred_window
+from xharmonise.scaling import band_names, scaling_like_training, to_reflectance
 
 if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
@@ -165,12 +166,7 @@ def _prediction_parts(prediction: xr.Dataset | xr.DataArray) -> tuple[xr.DataArr
 def _resolve_crop(shape: tuple[int, int], crop: Sequence[slice] | None) -> tuple[slice, slice]:
     """Normalise ``crop`` to two in-bounds unit-step slices; default a centred window."""
     if crop is None:
-        out = []
-        for n in shape:
-            size = min(n, _MAX_CROP)
-            start = (n - size) // 2
-            out.append(slice(start, start + size))
-        return out[0], out[1]
+        return centred_window(shape, _MAX_CROP)
     if len(crop) != 2 or not all(isinstance(s, slice) for s in crop):
         raise InputValueError(
             f"crop must be (y slice, x slice) in pixels, e.g. (slice(0, 512), slice(0, 512)), "
@@ -275,6 +271,7 @@ def _compute_crop(
     crop: Sequence[slice] | None,
     *,
     scale: float | None,
+    offset: float | None = None,
     need_src: bool,
     need_variance: bool,
     origin: tuple[int, int] = (0, 0),
@@ -301,7 +298,7 @@ def _compute_crop(
         src_da = _source_bands(src_da, pred, prediction)
         src_names = band_names(src_da)
         # Crop first: reflectance scaling of a NumPy image would otherwise touch all of it.
-        before = to_reflectance(src_da.isel(sel), scale=scale, name="the source")
+        before = to_reflectance(src_da.isel(sel), scale=scale, offset=offset, name="the source")
     if need_variance and var is None:
         raise InputValueError(
             "the prediction has no 'variance' variable: fit the model with variance=True "
@@ -848,6 +845,7 @@ def rgb_crop(
     crop: Sequence[slice] | None = None,
     *,
     scale: float | None = None,
+    offset: float | None = None,
 ) -> Figure:
     """Before/after colour composites of a window at full resolution.
 
@@ -866,8 +864,9 @@ def rgb_crop(
         From :func:`xharmonise.predict` (its ``prediction`` variable is used).
     crop : (slice, slice), optional
         Window (y, x) in pixels; by default a centred window of at most 512 x 512.
-    scale : float, optional
-        DN scale of an integer ``src`` without a ``scale_factor`` attribute.
+    scale, offset : float, optional
+        Reflectance = DN x scale + offset for an integer ``src`` without
+        ``scale_factor``/``add_offset`` attributes.
 
     Returns
     -------
@@ -890,7 +889,9 @@ def rgb_crop(
     >>> fig.axes[1].get_title()
     'after: prediction B4/B3/B2'
     """
-    c = _compute_crop(src, prediction, crop, scale=scale, need_src=True, need_variance=False)
+    c = _compute_crop(
+        src, prediction, crop, scale=scale, offset=offset, need_src=True, need_variance=False
+    )
     return _rgb_figure(c)
 
 
@@ -1130,6 +1131,8 @@ def report(
     prediction: xr.Dataset | None = None,
     crop: Sequence[slice] | None = None,
     title: str | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Path:
     """Write a self-contained HTML report of a fitted model, and its figures as PNG.
 
@@ -1158,6 +1161,10 @@ def report(
         512 x 512 pixels.
     title : str, optional
         Report title; by default the method.
+    scale, offset : float, optional
+        Reflectance = DN x scale + offset for an integer ``src`` without
+        ``scale_factor``/``add_offset`` attributes; by default as the model was trained,
+        as in :func:`xharmonise.predict`.
 
     Returns
     -------
@@ -1194,6 +1201,9 @@ def report(
     crop_data = None
     if src is not None:
         src_da = _as_dataarray(src, "the source")
+        scale, offset = scaling_like_training(
+            src_da, (model.src_dtype, model.src_scale, model.src_offset), scale=scale, offset=offset
+        )
         origin = (0, 0)
         if prediction is None:
             from xharmonise.api import predict
@@ -1209,21 +1219,18 @@ def report(
             )
             origin = (outer[0].start, outer[1].start)
             src_da = src_da.isel(y=outer[0], x=outer[1])
-            prediction = predict(src_da, model)
+            prediction = predict(src_da, model, scale=scale, offset=offset)
             crop = (
                 slice(ys.start - origin[0], ys.stop - origin[0]),
                 slice(xs.start - origin[1], xs.stop - origin[1]),
             )
-        scale = None
-        integer = np.issubdtype(src_da.dtype, np.integer)
-        if integer and "scale_factor" not in src_da.attrs:
-            scale = model.src_scale  # as predict does for a model trained on DN
         has_var = isinstance(prediction, xr.Dataset) and "variance" in prediction
         crop_data = _compute_crop(
             src_da,
             prediction,
             crop,
             scale=scale,
+            offset=offset,
             need_src=True,
             need_variance=has_var,
             origin=origin,

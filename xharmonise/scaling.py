@@ -12,7 +12,7 @@ import xarray as xr
 
 from xharmonise.errors import InputValueError
 
-__all__ = ["band_names", "to_reflectance"]
+__all__ = ["band_names", "scaling_like_training", "to_reflectance"]
 
 
 def band_names(da: xr.DataArray) -> list[str]:
@@ -127,3 +127,60 @@ def to_reflectance(
         out = out.assign_coords(spatial_ref=da["spatial_ref"])
         out = out.rio.write_nodata(np.nan, encoded=False)
     return out
+
+
+def scaling_like_training(
+    da: xr.DataArray,
+    trained: tuple[str, float, float],
+    *,
+    scale: float | None = None,
+    offset: float | None = None,
+) -> tuple[float | None, float | None]:
+    """The ``(scale, offset)`` that turn ``da`` into reflectance the way training did.
+
+    An image's own ``scale_factor``/``add_offset`` attributes, or explicit values, win.
+    An integer image without them is scaled like the training source when that was integer
+    DN too (the usual case: the same product, re-opened without its metadata).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        The image to scale.
+    trained : (str, float, float)
+        The training source's dtype, scale and offset (``Harmoniser.src_dtype``,
+        ``.src_scale``, ``.src_offset``).
+    scale, offset : float, optional
+        Explicit values; None means: from the attributes, else from training.
+
+    Returns
+    -------
+    (float or None, float or None)
+        Arguments for :func:`to_reflectance`; None leaves its attribute default.
+
+    Raises
+    ------
+    InputValueError
+        An integer image without scale information for a model trained on float
+        reflectance: nothing says how its DN relate to reflectance.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> dn = xr.DataArray(np.zeros((1, 1, 1), np.uint16), dims=("band", "y", "x"))
+    >>> scaling_like_training(dn, ("uint16", 1e-4, -0.1))
+    (0.0001, -0.1)
+    """
+    if not np.issubdtype(da.dtype, np.integer):
+        return scale, offset
+    dtype, trained_scale, trained_offset = trained
+    from_training = np.issubdtype(np.dtype(dtype), np.integer)
+    if scale is None and "scale_factor" not in da.attrs:
+        if not from_training:
+            raise InputValueError(
+                f"the image holds integer values ({da.dtype}) but the model was trained "
+                f"on {dtype} reflectance: give the DN scale with scale= (e.g. 1e-4)"
+            )
+        scale = trained_scale
+    if offset is None and "add_offset" not in da.attrs and from_training:
+        offset = trained_offset
+    return scale, offset
