@@ -19,6 +19,7 @@ from PIL import Image
 import xharmonise
 from xharmonise import plot
 from xharmonise.errors import BandMismatchError, GridError, HarmoniseError, InputValueError
+from xharmonise.plot.figures import _shift_estimates
 from xharmonise.simulate import simulate_pair
 
 SIZE = 400  # source pixels: 80 x 80 reference pixels, 16 patches of 16 x 16
@@ -211,7 +212,7 @@ def test_filters_only_for_bcnet(bcnet, calibnet):
     fig = plot.filters(bcnet)
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == bcnet.n_bands
-    shift = plot._shift_estimates(bcnet)["filter"]
+    shift = _shift_estimates(bcnet)["filter"]
     for ax, band, (east, north) in zip(panels, bcnet.ref_bands, shift, strict=True):
         assert ax.get_title().startswith(f"{band}: E {east:+.2f} m, N {north:+.2f} m")
         assert ax.get_xlabel() == "east (m)"
