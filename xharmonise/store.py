@@ -16,7 +16,7 @@ import os
 import sys
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from itertools import product
@@ -60,7 +60,7 @@ def _regular_chunks(ds: xr.Dataset, shard: int) -> xr.Dataset:
     whole = {d: -1 for d in ds.dims if d not in _REGION_DIMS}
     if not ds.chunks:
         return ds.chunk({**whole, **{d: shard for d in _REGION_DIMS if d in ds.dims}})
-    fixes: dict[str, int] = dict(whole)
+    fixes: dict[Hashable, int] = dict(whole)
     for dim in _REGION_DIMS:
         if dim not in ds.chunks:
             continue
@@ -100,7 +100,7 @@ def _quiet_zarr() -> Iterator[None]:
 
 def _prepare(
     ds: xr.Dataset, inner_chunks: int, compression_level: int
-) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+) -> tuple[xr.Dataset, dict[Hashable, dict[str, Any]]]:
     """Chunk ``ds`` one chunk per shard, load what is not regional, build the encoding."""
     ds = _regular_chunks(ds, _DEFAULT_SHARD)
     # Fixed-width unicode has no Zarr v3 specification; variable-length strings do.
@@ -113,7 +113,7 @@ def _prepare(
     for name, var in ds.data_vars.items():
         if not set(_REGION_DIMS) <= set(var.dims):
             ds[name] = var.compute()
-    encoding: dict[str, dict[str, Any]] = {}
+    encoding: dict[Hashable, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         shard = tuple(c[0] for c in var.chunks) if var.chunks else var.shape
         inner = tuple(
@@ -131,7 +131,21 @@ def _prepare(
 
 
 def _regional(ds: xr.Dataset) -> list[str]:
-    return [n for n, v in ds.data_vars.items() if set(_REGION_DIMS) <= set(v.dims)]
+    names = []
+    for n, v in ds.data_vars.items():
+        if set(_REGION_DIMS) <= set(v.dims):
+            # Zarr keys are strings; xarray's to_zarr and zarr's Group raise a TypeError
+            # for any other name too, only later.
+            if not isinstance(n, str):
+                raise TypeError(f"variable names must be strings to be written to Zarr: {n!r}")
+            names.append(n)
+    return names
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    arr = group[name]
+    assert isinstance(arr, zarr.Array), f"{name!r} is known to be a variable, not a group"
+    return arr
 
 
 def _regions(ds: xr.Dataset) -> list[tuple[int, ...]]:
@@ -174,8 +188,14 @@ def _incompatibilities(group: zarr.Group, ds: xr.Dataset) -> list[str]:
         except KeyError:
             problems.append(f"no variable {name!r}")
             continue
+        if not isinstance(arr, zarr.Array):
+            problems.append(f"{name!r} is a group in the store")
+            continue
+        assert var.chunks is not None, "_prepare chunks every regional variable"
         shards = tuple(c[0] for c in var.chunks)
-        found = (tuple(arr.metadata.dimension_names or ()), arr.shape, arr.shards, arr.dtype)
+        # Zarr v2 metadata has no dimension names (to_zarr writes v3).
+        dim_names = getattr(arr.metadata, "dimension_names", None)
+        found = (tuple(dim_names or ()), arr.shape, arr.shards, arr.dtype)
         wanted = (var.dims, var.shape, shards, var.dtype)
         if found != wanted:
             problems.append(
@@ -188,7 +208,7 @@ def _incompatibilities(group: zarr.Group, ds: xr.Dataset) -> list[str]:
         problems.append(f"the store also holds {sorted(extra)}")
     for dim in _REGION_DIMS:
         if dim in ds.indexes and dim in stored:
-            if not np.array_equal(np.asarray(group[dim][...]), ds[dim].values):
+            if not np.array_equal(np.asarray(_array(group, dim)[...]), ds[dim].values):
                 problems.append(f"the {dim} coordinates differ")
     return problems
 
@@ -203,7 +223,7 @@ class _RegionWriter:
     def __init__(
         self,
         arrays: dict[str, zarr.Array],
-        dims: dict[str, tuple[str, ...]],
+        dims: dict[str, tuple[Hashable, ...]],
         bounds: dict[str, tuple[int, ...]],
         fs: fsspec.AbstractFileSystem,
         root: str,
@@ -215,7 +235,7 @@ class _RegionWriter:
         self.root = root
 
     def __call__(self, region: tuple[int, ...], *blocks: np.ndarray) -> None:
-        where = {
+        where: dict[Hashable, slice] = {
             d: slice(self.bounds[d][i], self.bounds[d][i + 1])
             for d, i in zip(_REGION_DIMS, region, strict=True)
         }
@@ -247,7 +267,7 @@ def _write_regions(
     )
     bounds = {d: tuple(np.cumsum((0, *ds.chunks[d])).tolist()) for d in _REGION_DIMS}
     writer = _RegionWriter(
-        {n: group[n] for n in names}, {n: ds[n].dims for n in names}, bounds, fs, root
+        {n: _array(group, n) for n in names}, {n: ds[n].dims for n in names}, bounds, fs, root
     )
     # A fixed name instead of a token: hashing zarr arrays and filesystems is slow, and
     # the writer must be one graph key whatever the number of regions.
@@ -255,8 +275,9 @@ def _write_regions(
     blocks = {}
     for n in names:
         var = encode_cf_variable(ds[n].variable, name=n)
-        if var.dtype != group[n].dtype:
-            raise TypeError(f"{n!r} encodes to {var.dtype}, the store holds {group[n].dtype}")
+        stored = writer.arrays[n].dtype
+        if var.dtype != stored:
+            raise TypeError(f"{n!r} encodes to {var.dtype}, the store holds {stored}")
         # Unoptimised: variables cut from one computation (prediction and variance) keep
         # sharing its tasks, so the merged graph runs it once per region.
         blocks[n] = (var.dims, var.data.to_delayed(optimize_graph=False))
@@ -266,7 +287,7 @@ def _write_regions(
     for region in _regions(ds):
         if _marker_name(region) in done:
             continue
-        at = dict(zip(_REGION_DIMS, region, strict=True))
+        at: dict[Hashable, int] = dict(zip(_REGION_DIMS, region, strict=True))
         args = [b[tuple(at.get(d, 0) for d in dims)] for dims, b in blocks.values()]
         tasks.append(shared(region, *args))
     return dask.delayed(_finalise)(group.store, fs, root, *tasks)
@@ -374,7 +395,9 @@ def to_zarr(
         with _quiet_zarr():
             # Metadata and loaded variables now; the returned delayed data write is
             # replaced by the region tasks below.
-            ds.to_zarr(
+            # xarray's overloads want `mode` as a Literal (checked above) and
+            # storage_options as dict[str, str], though fsspec takes any value.
+            ds.to_zarr(  # type: ignore[call-overload]
                 store,
                 mode=mode,
                 zarr_format=3,
@@ -507,7 +530,7 @@ def describe(
     complete = group.metadata.consolidated_metadata is not None
     with _quiet_zarr():
         ds = xr.open_zarr(store, consolidated=complete, **kwargs)
-        arrays = {name: group[name] for name in ds.data_vars}
+        arrays = {name: _array(group, name) for name in ds.data_vars}
     variables: dict[str, dict[str, Any]] = {}
     total = 0
     for name, var in ds.data_vars.items():
