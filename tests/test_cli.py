@@ -368,6 +368,24 @@ def test_errors_are_one_line_with_exit_code(files, args, code, says, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written on failure
 
 
+# The netCDF container has no grid of its own, which rasterio warns about on opening it.
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_subdatasets_are_refused(files, tmp_path):
+    import rasterio.shutil
+
+    from xharmonise.cli import InputError, open_raster
+
+    with rasterio.Env() as env:
+        if "netCDF" not in env.drivers():
+            pytest.skip("GDAL without the netCDF driver")
+    # Two subdatasets on one grid, which rioxarray opens as one Dataset.
+    path = tmp_path / "two.nc"
+    rasterio.shutil.copy(files["ref"], path, driver="netCDF")
+    rasterio.shutil.copy(files["ref"], path, driver="netCDF", APPEND_SUBDATASET="YES")
+    with pytest.raises(InputError, match="several subdatasets"):
+        open_raster(str(path))
+
+
 def test_debug_shows_the_traceback(files):
     proc = xh("--debug", "predict", files["src"], "-m", files["garbage"], "-o", "x.zarr")
     assert proc.returncode == 1

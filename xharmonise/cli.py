@@ -101,6 +101,7 @@ def open_raster(path: str, *, what: str = "input", chunks: int = _CHUNK) -> xr.D
     """
     import rasterio.errors
     import rioxarray
+    import xarray as xr
 
     local = "://" not in path and not path.startswith("/vsi")
     if local and not Path(path).is_file():
@@ -109,7 +110,8 @@ def open_raster(path: str, *, what: str = "input", chunks: int = _CHUNK) -> xr.D
         da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks})
     except (rasterio.errors.RasterioError, OSError) as err:
         raise InputError(f"cannot read {what} {path}: {_one_line(err)}") from err
-    if not hasattr(da, "dims") or isinstance(da, list) or "band" not in da.dims:
+    # Files with subdatasets open as a Dataset, or a list of them when grids differ.
+    if not isinstance(da, xr.DataArray) or "band" not in da.dims:
         raise InputError(
             f"{what} {path} holds several subdatasets: open one of them (its GDAL name)"
         )
