@@ -379,7 +379,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise StoreExistsError(_cli_wording(str(err))) from None
     shape = " x ".join(map(str, out["prediction"].shape))
     _echo(
-        f"wrote {args.out}: {', '.join(out.data_vars)} ({shape}) in "
+        f"wrote {args.out}: {', '.join(map(str, out.data_vars))} ({shape}) in "
         f"{time.perf_counter() - t0:.1f} s"
     )
     return EXIT_OK
@@ -459,10 +459,12 @@ def _usage(args: argparse.Namespace, message: str) -> _UsageError:
 
 
 # --------------------------------------------------------------------------- parser
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     # SUPPRESS: a subcommand's flag only overrides the top-level one when given, so
     # `xharmonise --quiet fit …` and `xharmonise fit --quiet …` both work.
-    common = argparse.ArgumentParser(add_help=False)
+    # A _Parser, as the subcommands are: typeshed wants parents of the subparsers' class
+    # (argparse only copies their arguments).
+    common = _Parser(add_help=False)
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
     )
@@ -489,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_common()]
-    chunks = argparse.ArgumentParser(add_help=False)
+    chunks = _Parser(add_help=False)  # a _Parser for the reason given in _common
     chunks.add_argument(
         "--chunks",
         type=_positive,

@@ -189,7 +189,8 @@ def run(
         prediction = xharmonise.predict(src, model)
         # The demo's own output, replaced on every run.
         xharmonise.to_zarr(prediction, store, mode="w", progress=progress)
-        echo(f"wrote {store} ({', '.join(prediction.data_vars)}) in {lap('predict'):.1f} s")
+        names = ", ".join(map(str, prediction.data_vars))
+        echo(f"wrote {store} ({names}) in {lap('predict'):.1f} s")
 
         truth: dict[str, float] = {}
         # Scores and report read the store back: nothing is predicted twice.
