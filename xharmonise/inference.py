@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -359,6 +359,9 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
     ((8, 100, 100), True)
     """
     n = model.n_bands
+    # Each runner takes its own kind of parameters: coefficients or a network spec.
+    fn: Callable[[np.ndarray, Any, int], np.ndarray]
+    param: Any
     if model.net is None:
         fn, param, halo = _run_linear, np.asarray(model.linear, dtype=np.float32), 0
     elif model.method == "convcalibnet":
@@ -368,15 +371,15 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
 
     if not isinstance(data, da.Array):
         return fn(np.asarray(data), param, n)
-    data = data.rechunk({0: -1})
+    lazy: da.Array = data.rechunk({0: -1})
     shipped = dask.delayed(param, pure=True) if model.net is not None else param
-    out_chunks = ((2 * n,), *data.chunks[1:])
+    out_chunks = ((2 * n,), *lazy.chunks[1:])
     meta = np.empty((0, 0, 0), np.float32)
     if halo:
         # Chunks overlap by the receptive radius; NaN input is zeroed like the whole
         # array's zero padding, so trimmed blocks equal whole-array output: no seams.
         depth = {0: 0, 1: halo, 2: halo}
-        padded = da.overlap.overlap(data, depth=depth, boundary="none")
+        padded = da.overlap.overlap(lazy, depth=depth, boundary="none")
         out = da.map_blocks(
             fn,
             padded,
@@ -387,4 +390,4 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
             meta=meta,
         )
         return da.overlap.trim_internal(out, depth, boundary="none")
-    return da.map_blocks(fn, data, shipped, n_out=n, chunks=out_chunks, dtype=np.float32, meta=meta)
+    return da.map_blocks(fn, lazy, shipped, n_out=n, chunks=out_chunks, dtype=np.float32, meta=meta)
