@@ -309,8 +309,8 @@ def degrade_contributions(
         tuple(c // factor + 2 * ring for c in ychunks),
         tuple(c // factor + 2 * ring for c in xchunks),
     )
-    contributions = data.map_blocks(
-        contribution, chunks=out_chunks, dtype=dtype, meta=np.empty((0, 0, 0), dtype)
+    contributions = da.map_blocks(
+        contribution, data, chunks=out_chunks, dtype=dtype, meta=np.empty((0, 0, 0), dtype)
     )
 
     def assemble(values: np.ndarray) -> np.ndarray:

@@ -364,7 +364,8 @@ class _Grid:
         r = np.arange(rows.start, rows.stop) + 0.5
         c = np.arange(cols.start, cols.stop) + 0.5
         cc, rr = np.meshgrid(c, r)
-        x, y = self.transform @ (cc, rr)
+        # affine annotates float vectors only; it maps coordinate arrays elementwise too.
+        x, y = self.transform @ (cc, rr)  # type: ignore[operator]
         return np.asarray(x), np.asarray(y)
 
     def coords(self) -> dict[str, np.ndarray]:
@@ -508,7 +509,9 @@ def simulate_pair(
 
     # Reference grid: covers the source footprint plus a margin, on 10 m lines from origin.
     to_ref = Transformer.from_crs(src_crs_, ref_crs_, always_xy=True)
-    fx, fy = src_grid.transform @ (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
+    corners = (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
+    # affine annotates float vectors only; it maps coordinate arrays elementwise too.
+    fx, fy = src_grid.transform @ corners  # type: ignore[operator]
     rx, ry = to_ref.transform(fx, fy)
     rows = math.ceil((origin[1] - min(ry) + border) / ref_res)
     cols = math.ceil((max(rx) - origin[0] + border) / ref_res)
@@ -591,6 +594,7 @@ def simulate_pair(
     p = pad // factor
     blurred = blurred[:, p : p + rows, p : p + cols]
     if chunks is not None:
+        assert isinstance(blurred, da.Array), "a chunked field stays lazy through the blur"
         blurred = blurred.rechunk((nb, chunks, chunks))
 
     def ref_block(rows_, cols_, values):
@@ -659,7 +663,7 @@ def _to_dn(arr: xr.DataArray, add_offset: float) -> xr.DataArray:
 
     data = arr.data
     if isinstance(data, da.Array):
-        dn = data.map_blocks(encode, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16))
+        dn = da.map_blocks(encode, data, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16))
     else:
         dn = encode(data)
     out = arr.copy(data=dn)
