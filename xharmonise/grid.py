@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
 import xarray as xr
 from affine import Affine
+from odc.geo.crs import CRS as OdcCRS
 from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
@@ -37,7 +39,7 @@ __all__ = [
 _PIXEL_TOL = 1e-6
 
 
-def _check_coords(da: xr.DataArray, name: str) -> None:
+def _check_coords(da: xr.DataArray | xr.Dataset, name: str) -> None:
     for dim in ("y", "x"):
         if dim not in da.dims:
             raise GridError(
@@ -61,15 +63,15 @@ def _check_coords(da: xr.DataArray, name: str) -> None:
         )
 
 
-def geobox_of(da: xr.DataArray, name: str = "input") -> GeoBox:
-    """The :class:`odc.geo.geobox.GeoBox` of a (band, y, x) DataArray.
+def geobox_of(da: xr.DataArray | xr.Dataset, name: str = "input") -> GeoBox:
+    """The :class:`odc.geo.geobox.GeoBox` of a (band, y, x) DataArray (or Dataset).
 
     Reads rioxarray conventions (``spatial_ref`` coordinate / ``crs`` attribute) and
     odc-geo conventions alike.
 
     Parameters
     ----------
-    da : xarray.DataArray
+    da : xarray.DataArray or xarray.Dataset
         Georeferenced raster with ``y`` and ``x`` dimensions.
     name : str
         How to call the input in error messages.
@@ -117,7 +119,13 @@ def geobox_of(da: xr.DataArray, name: str = "input") -> GeoBox:
     return GeoBox((da.sizes["y"], da.sizes["x"]), transform, CRS.from_user_input(crs))
 
 
-def resolution_of(gbox: GeoBox, crs: CRS | None = None) -> float:
+def _crs(gbox: GeoBox) -> OdcCRS:
+    # GeoBoxes from geobox_of, and the grids made from them, always have a CRS.
+    assert gbox.crs is not None, "geobox_of raises MissingCRSError for inputs without one"
+    return gbox.crs
+
+
+def resolution_of(gbox: GeoBox, crs: CRS | OdcCRS | None = None) -> float:
     """Mean pixel size of ``gbox`` in the units of ``crs`` (default: its own)."""
     if crs is None or CRS.from_user_input(crs) == gbox.crs:
         return math.sqrt(abs(gbox.resolution.x * gbox.resolution.y))
@@ -154,7 +162,7 @@ class PairGrid:
         """JSON-able description (CRS as WKT, transforms as 6 numbers)."""
         return {
             "factor": self.factor,
-            "crs": self.ref.crs.to_wkt(),
+            "crs": _crs(self.ref).to_wkt(),
             "ref_transform": list(self.ref.affine)[:6],
             "ref_shape": list(self.ref.shape),
             "src_resolution": self.src_resolution,
@@ -206,7 +214,7 @@ def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:
         )
     factor = max(1, round(ref_res / src_res))
 
-    overlap = src_gb.extent.to_crs(ref_gb.crs) & ref_gb.extent
+    overlap = src_gb.extent.to_crs(_crs(ref_gb)) & ref_gb.extent
     if overlap.is_empty or overlap.area == 0:
         raise NoOverlapError(
             "the source and the reference do not overlap: check that both cover the same "
@@ -309,12 +317,20 @@ def align_source(
     return out.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in out.dims})
 
 
+@overload
+def translate(
+    obj: xr.DataArray, east: float, north: float, *, crs: CRS | OdcCRS | str | None = None
+) -> xr.DataArray: ...
+@overload
+def translate(
+    obj: xr.Dataset, east: float, north: float, *, crs: CRS | OdcCRS | str | None = None
+) -> xr.Dataset: ...
 def translate(
     obj: xr.DataArray | xr.Dataset,
     east: float,
     north: float,
     *,
-    crs: CRS | str | None = None,
+    crs: CRS | OdcCRS | str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Move the georeferencing of ``obj`` by (``east``, ``north``), leaving values untouched.
 
@@ -327,7 +343,7 @@ def translate(
         Georeferenced raster with ``y`` and ``x`` dimensions and a CRS.
     east, north : float
         Translation in units of ``crs``, east and north positive.
-    crs : pyproj.CRS or str, optional
+    crs : pyproj.CRS, odc.geo.crs.CRS or str, optional
         CRS in which the translation is given; by default ``obj``'s own. When it differs,
         the translation is converted at the centre of ``obj`` (a translation in one
         projection is one in another only locally, which is all a shift of a few pixels
