@@ -250,11 +250,15 @@ def cloud_mask_from_clm(
 
 def _codes(values: Iterable[int], arg: str, *, valid: range, what: str) -> tuple[int, ...]:
     """Sorted, unique integer codes within ``valid``, or an error naming the fix."""
-    given = [values] if isinstance(values, int | np.integer) else values
-    try:
-        given = list(given)
-    except TypeError:
-        given = [given]
+    # Anything may come in: checked below, element by element.
+    given: list[Any]
+    if isinstance(values, int | np.integer):
+        given = [values]
+    else:
+        try:
+            given = list(values)
+        except TypeError:
+            given = [values]
     if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in given):
         raise InputValueError(
             f"{arg}={values!r} is not a list of integers: give e.g. {arg}={tuple(valid)[-3:-1]}"
