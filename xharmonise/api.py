@@ -518,7 +518,9 @@ def _train_network(
         p = sampling.gather(
             index, c, coarse=coarse, src=aligned if full else None, factor=factor, margin=margin
         )
-        return PatchSet(src=p.src_full if full else p.src, ref=p.ref), p
+        src = p.src_full if full else p.src
+        assert src is not None, "gather cuts src_full when given the source"
+        return PatchSet(src=src, ref=p.ref), p
 
     fit_set, _ = patches(fit_cells)
     val_set, val_p = patches(val_cells if n_val else fit_cells)
