@@ -255,7 +255,7 @@ def _window_shift(
     taper = _hann(n)
     ref0 = np.where(bad_ref, 0.0, ref)
 
-    def grid_at(s: np.ndarray) -> list[np.ndarray]:
+    def grid_at(s: np.ndarray) -> Sequence[np.ndarray]:
         return np.meshgrid(base + factor * s[0], base + factor * s[1], indexing="ij")
 
     def peak(product: np.ndarray, upsample: int) -> np.ndarray:
@@ -437,7 +437,7 @@ def estimate_on_grid(
             if mask is not None
             else [None] * len(batch)
         )
-        todo = []
+        todo: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
         for (r, c), rw, cw in zip(batch, refs, clouds, strict=True):
             row = {"row": r, "col": c, "x": xs[c : c + n].mean(), "y": ys[r : r + n].mean()}
             rows.append(row)

@@ -12,6 +12,7 @@ times smaller than the source); full-resolution source data is read patch by pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dask
@@ -191,6 +192,9 @@ def reduce_to_reference(
     ((4, 200, 200), (4, 40, 40), (4, 40, 40), (40, 40))
     """
     src_ok = _block_all_finite(src, factor)
+    # A Dask source degrades as per-chunk contributions, which assemble sums once computed.
+    coarse: np.ndarray | da.Array
+    assemble: Callable[[np.ndarray], np.ndarray]
     if isinstance(src.data, da.Array):
         coarse, assemble = psf.degrade_contributions(src.data, sigmas, factor)
     else:
@@ -207,7 +211,7 @@ def reduce_to_reference(
     src_inf = xp.isinf(src.data).sum()
     ref_inf = (da if isinstance(ref_data, da.Array) else np).isinf(ref_data).sum()
     # One compute call so that each source chunk is produced once for all the reductions.
-    src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf = dask.compute(
+    src_ok, coarse_parts, ref_ok, cloud, ref_data, src_inf, ref_inf = dask.compute(
         src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf
     )
     for name, count in (("source", src_inf), ("reference", ref_inf)):
@@ -216,7 +220,7 @@ def reduce_to_reference(
                 f"the {name} holds {int(count)} infinite values: mark invalid pixels as NaN "
                 "(e.g. da.where(np.isfinite(da))) or set its nodata value so they are masked"
             )
-    coarse = assemble(coarse)
+    coarse = assemble(coarse_parts)
     ny, nx = ref_ok.shape
     return Coarse(
         src_ok=np.asarray(src_ok)[:ny, :nx],
