@@ -470,6 +470,8 @@ def _check_data(net: nn.Module, data: PatchSet, name: str) -> None:
     h, w = data.ref.shape[2:]
     if getattr(net, "method", None) == "bcnet":
         factor, margin = net.factor, net.margin
+        # BCNet keeps both as int; torch types module attributes as tensors or modules.
+        assert isinstance(factor, int) and isinstance(margin, int)
         expected = (factor * h + 2 * margin, factor * w + 2 * margin)
     else:
         expected = (h, w)

@@ -74,12 +74,13 @@ def clone_layer(layer: nn.Module) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     if isinstance(layer, nn.Conv2d):
+        # torch types a Conv2d's sizes as tuple[int, ...]: they are the pairs it was built with.
         return nn.Conv2d(
             layer.in_channels,
             layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
+            layer.kernel_size,  # type: ignore[arg-type]
+            stride=layer.stride,  # type: ignore[arg-type]
+            padding=layer.padding,  # type: ignore[arg-type]
             padding_mode=layer.padding_mode,
             bias=layer.bias is not None,
         )
