@@ -112,7 +112,7 @@ def _check_pair(src: xr.DataArray, pred: xr.DataArray, moved: Sequence[float] | 
     ps = (pred.sizes["y"], pred.sizes["x"])
     same = ss == ps
     # A moved output may sit up to the shift away (more than it in another CRS, a little).
-    slack = 0.0 if moved is None else 1.5 * float(np.hypot(*moved))
+    slack = 0.0 if moved is None else 1.5 * float(np.hypot(moved[0], moved[1]))
     for dim in ("y", "x"):
         if not same or dim not in src.coords or dim not in pred.coords:
             continue

@@ -167,6 +167,7 @@ def scatter_density(model: Harmoniser, band: str | int, *, bins: int | None = No
         what = f"source {src}" if stage == "initial" else f"{stage} {ref}"
         ax.set_ylabel(f"{what} reflectance")
         ax.tick_params(labelleft=True)  # sharey hides them; each panel has its own label
+    assert mesh is not None, "subplots made at least one panel"
     fig.colorbar(mesh, ax=list(axes), label="pixels per bin", shrink=0.85)
     fig.suptitle(
         f"{ref} (source {src}): {n} test-split pixels at the reference resolution; dashed: 1:1",
@@ -437,6 +438,7 @@ def filters(model: Harmoniser) -> Figure:
         ax.set_xlabel("east (m)")
         if i == 0:
             ax.set_ylabel("north (m)")
+    assert image is not None, "subplots made at least one panel"
     fig.colorbar(image, ax=list(axes), label="filter weight", shrink=0.8)
     cross = "; ×: phase correlation" if "phase_correlation" in shifts else ""
     fig.suptitle(
