@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./ci/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy xharmonise
 .venv/bin/python -m pytest "$@"
