@@ -111,23 +111,21 @@ def linear_fit(files) -> tuple[Path, subprocess.CompletedProcess]:
 def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
     path, proc = linear_fit
     model = xharmonise.load(path)
-    # The same fit in-process on the simulated arrays (float32 GeoTIFFs are lossless).
-    # The files number their bands (1-4), which picks the default MTF for every band:
-    # number them here too. Only the summation order of lazy reductions may differ.
-    numbered = {"band": ["1", "2", "3", "4"]}
+    # The same fit in-process on the simulated arrays (float32 GeoTIFFs are lossless, and
+    # they carry the band names, which pick each band's MTF). Only the summation order of
+    # lazy reductions may differ.
+    assert (model.src_bands, model.ref_bands) == (
+        list(pair.truth.src_bands),
+        list(pair.truth.ref_bands),
+    )
     expected = xharmonise.fit(
-        pair.src.assign_coords(numbered),
-        pair.ref.assign_coords(numbered),
-        method="linear",
-        mask=pair.mask,
-        patch_size=16,
-        progress=False,
+        pair.src, pair.ref, method="linear", mask=pair.mask, patch_size=16, progress=False
     )
     np.testing.assert_allclose(model.linear, expected.linear, rtol=1e-5, atol=1e-6)
     assert model.patches == expected.patches
     assert model.patches["cloudy"] > 0  # the mask file was used
     # The printed table is the model's: one row per band x metric, stages as columns.
-    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\d\s", line)]
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^B\d\s", line)]
     assert len(rows) == 4 * model.metrics.sizes["metric"]
     _, metric, *values = rows[0]
     np.testing.assert_allclose(
@@ -144,11 +142,11 @@ def test_fit_band_options(files, tmp_path):
     proc = _ok(
         xh(
             "fit", files["src"], files["ref"], "--method", "linear", "--patch-size", "16",
-            "--bands", "1=1,3=3", "--scale", "1", "--coregister", "--out", out, "-q",
+            "--bands", "B0=B2,B2=B4", "--scale", "1", "--coregister", "--out", out, "-q",
         )
     )  # fmt: skip
     model = xharmonise.load(out)
-    assert (model.src_bands, model.ref_bands) == (["1", "3"], ["1", "3"])
+    assert (model.src_bands, model.ref_bands) == (["B0", "B2"], ["B2", "B4"])
     assert model.linear.shape == (2, 3)
     # The simulated pair is registered: the measured shift is well under a source pixel.
     assert model.coregistration is not None
