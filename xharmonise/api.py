@@ -31,7 +31,12 @@ from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.metrics import metric_table
 from xharmonise.models.linear import apply_linear, fit_linear
-from xharmonise.scaling import band_names, scaling_like_training, to_reflectance
+from xharmonise.scaling import (
+    as_band_array,
+    band_names,
+    scaling_like_training,
+    to_reflectance,
+)
 
 __all__ = ["METHODS", "estimate_shift", "fit", "predict"]
 
@@ -42,17 +47,6 @@ METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
 _DEFAULT_MTF = 0.26
 # Source pixels the BCNet filter may reach beyond the MTF kernel (room to learn a shift).
 _BCNET_EXTRA = 2
-
-
-def _as_dataarray(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
-    if isinstance(obj, xr.Dataset):
-        if len(obj.data_vars) != 1:
-            raise BandMismatchError(
-                f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a DataArray "
-                "(band, y, x) or a Dataset whose bands are stacked with ds.to_dataarray('band')"
-            )
-        return next(iter(obj.data_vars.values()))
-    return obj
 
 
 def _pair_bands(
@@ -153,8 +147,8 @@ def _prepare(
     scale and offset that turned it into reflectance."""
     src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
     src_offset, ref_offset = offset if isinstance(offset, tuple) else (offset, offset)
-    src_da = _as_dataarray(src, "the source")
-    ref_da = _as_dataarray(ref, "the reference")
+    src_da = as_band_array(src, "the source")
+    ref_da = as_band_array(ref, "the reference")
     src_r = to_reflectance(src_da, scale=src_scale, offset=src_offset, name="the source")
     ref_r = to_reflectance(ref_da, scale=ref_scale, offset=ref_offset, name="the reference")
     src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
@@ -615,7 +609,7 @@ def predict(
     >>> round(float(shifted.src.x[0] - out.x[0]))
     4
     """
-    src_da = _as_dataarray(src, "the source")
+    src_da = as_band_array(src, "the source")
     names = band_names(src_da)
     if len(names) != model.n_bands:
         raise BandMismatchError(

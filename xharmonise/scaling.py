@@ -10,9 +10,45 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from xharmonise.errors import InputValueError
+from xharmonise.errors import BandMismatchError, InputValueError
 
-__all__ = ["band_names", "scaling_like_training", "to_reflectance"]
+__all__ = ["as_band_array", "band_names", "scaling_like_training", "to_reflectance"]
+
+
+def as_band_array(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
+    """The raster in ``obj``: a DataArray as given, or the one variable of a Dataset.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or xarray.Dataset
+        An image, or a Dataset holding it as its only variable.
+    name : str
+        How to call it in error messages.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    BandMismatchError
+        A Dataset with several variables: which one is the image is ambiguous.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({"phr": (("band", "y", "x"), np.zeros((4, 2, 2)))})
+    >>> as_band_array(ds, "the source").name
+    'phr'
+    """
+    if isinstance(obj, xr.Dataset):
+        if len(obj.data_vars) != 1:
+            raise BandMismatchError(
+                f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a DataArray "
+                "(band, y, x) or a Dataset whose bands are stacked with ds.to_dataarray('band')"
+            )
+        return next(iter(obj.data_vars.values()))
+    return obj
 
 
 def band_names(da: xr.DataArray) -> list[str]:

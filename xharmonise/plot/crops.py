@@ -18,7 +18,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 from xharmonise.errors import BandMismatchError, GridError, InputValueError
 from xharmonise.grid import centred_window
-from xharmonise.scaling import band_names, to_reflectance
+from xharmonise.scaling import as_band_array, band_names, to_reflectance
 
 if TYPE_CHECKING:
     pass
@@ -45,13 +45,7 @@ _RGB_TRIPLES = (("B4", "B3", "B2"), ("B2", "B1", "B0"), ("RED", "GREEN", "BLUE")
 
 
 def _as_dataarray(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
-    if isinstance(obj, xr.Dataset):
-        if len(obj.data_vars) != 1:
-            raise BandMismatchError(
-                f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a (band, y, "
-                "x) DataArray, e.g. ds.to_dataarray('band')"
-            )
-        obj = next(iter(obj.data_vars.values()))
+    obj = as_band_array(obj, name)
     if not isinstance(obj, xr.DataArray) or set(obj.dims) != {"band", "y", "x"}:
         dims = getattr(obj, "dims", type(obj).__name__)
         raise InputValueError(
