@@ -134,6 +134,8 @@ def test_killed_write_resumes_to_identical_arrays(small_prediction, tmp_path):
     xharmonise.to_zarr(out, str(store), resume=True)
     after = _shard_mtimes(store)
     rewritten = {k for k in after if after[k] != before.get(k)}
+    # A shard being written when the child died leaves zarr's temporary file; it is gone.
+    assert not list(store.rglob("*.partial"))
     assert len(after) == 16
     assert rewritten.isdisjoint(done)
     assert rewritten | done == set(after)
@@ -168,6 +170,24 @@ def test_resume_writes_only_missing_regions(small_prediction, tmp_path):
     after = _shard_mtimes(store)
     assert {k for k in done if after[k] != before[k]} == set()
     assert len([k for k in after if after[k] != before.get(k)]) == 16 - len(done)
+    np.testing.assert_array_equal(
+        xr.open_zarr(store)["prediction"].values, out["prediction"].values
+    )
+
+
+def test_resume_removes_a_killed_writers_temporary_files(small_prediction, tmp_path):
+    _, out = small_prediction
+    store = tmp_path / "out.zarr"
+    _interrupted(out, str(store), 6)
+    # What zarr's local store leaves when its process dies between write and rename.
+    shard = next(p for p in (store / "prediction" / "c" / "0").glob("*/*"))
+    partial = shard.with_suffix(".0123456789abcdef0123456789abcdef.partial")
+    partial.write_bytes(b"half a shard")
+    mine = shard.parent / "notes.partial"  # not zarr's: left alone
+    mine.write_text("user file")
+    xharmonise.to_zarr(out, str(store), resume=True)
+    assert not partial.exists()
+    assert mine.read_text() == "user file"
     np.testing.assert_array_equal(
         xr.open_zarr(store)["prediction"].values, out["prediction"].values
     )

@@ -7,12 +7,14 @@ shards are stored, puts an empty marker object ``.xharmonise/done/<iy>.<ix>`` in
 Object stores have no rename, but a PUT of a new object is atomic, so a marker exists only
 for a region whose data is fully written. When every region is done, the metadata is
 consolidated (this is what marks a store complete) and the markers are deleted.
-``resume=True`` on an incomplete store writes only the regions without a marker.
+``resume=True`` on an incomplete store writes only the regions without a marker, after
+deleting the temporary files a killed writer leaves in a local store.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 import warnings
@@ -42,6 +44,9 @@ _DEFAULT_INNER = 256
 _MARKERS = ".xharmonise"
 _DONE = f"{_MARKERS}/done"
 _REGION_DIMS = ("y", "x")
+# zarr's local store writes each object to ``<name>.<uuid4 hex>.partial`` and renames it;
+# a writer killed in between leaves the temporary file behind.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -176,6 +181,15 @@ def _clear_markers(fs: fsspec.AbstractFileSystem, root: str) -> None:
         fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+
+
+def _remove_partial_writes(fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """Delete the temporary files of a killed local write (object stores leave none)."""
+    if "file" not in fs.protocol:
+        return
+    for path in fs.find(root):
+        if _PARTIAL.search(path):
+            fs.rm_file(path)
 
 
 def _incompatibilities(group: zarr.Group, ds: xr.Dataset) -> list[str]:
@@ -384,6 +398,7 @@ def to_zarr(
                 "completes a write of the same data with the same chunks; pass mode='w' "
                 "to replace the store, or choose another path"
             )
+        _remove_partial_writes(fs, root)
         if group.metadata.consolidated_metadata is not None:
             # Complete already (a crash may have left markers behind).
             _clear_markers(fs, root)
