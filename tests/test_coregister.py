@@ -11,7 +11,7 @@ from conftest import chunks_for, shared_data
 from skimage.registration import phase_cross_correlation
 
 import xharmonise
-from xharmonise import grid
+from xharmonise import coregister, grid
 from xharmonise.coregister import ShiftEstimate
 from xharmonise.errors import CoregistrationError, HarmoniseError
 from xharmonise.scaling import to_reflectance
@@ -113,13 +113,13 @@ def test_naive_phase_correlation_at_the_reference_resolution_is_biased_and_ours_
     assert abs(ours - 0.3) < 0.02
 
 
-def test_dask_source_is_read_window_by_window():
+def test_dask_source_is_read_by_window_each_chunk_once():
     pair = simulate_pair((2000, 2000), seed=5, shift=(2.0, 1.0), chunks=250)
-    computed: set[tuple[int, int]] = set()
+    computed: list[tuple[int, int]] = []
 
     def spy(block, block_info=None):
         loc = block_info[0]["chunk-location"]
-        computed.add((loc[1], loc[2]))
+        computed.append((loc[1], loc[2]))
         return block
 
     src = pair.src.copy(
@@ -130,8 +130,30 @@ def test_dask_source_is_read_window_by_window():
     total = len(pair.src.chunks[1]) * len(pair.src.chunks[2])
     # Six windows of 32 reference pixels (160 + margins source pixels) touch at most four
     # chunks each; the rest of the image is never computed.
-    assert 0 < len(computed) <= 24 < total
-    assert len(est.windows) <= 8  # one batch examined, not the whole grid
+    assert 0 < len(set(computed)) <= 24 < total
+    # Windows 160 source pixels apart share 250-pixel chunks; each is computed once.
+    assert len(computed) == len(set(computed))
+    assert len(est.windows) == 6  # the windows measured, not the whole grid
+
+
+def test_read_budget_bounds_each_read(monkeypatch):
+    pair = simulate_pair((2000, 2000), seed=5, shift=(2.0, 1.0), chunks=250)
+    reads: list[int] = []
+    original = coregister._compute
+
+    def counting(arrays):
+        reads.append(len(arrays))
+        return original(arrays)
+
+    monkeypatch.setattr(coregister, "_compute", counting)
+    shared = xharmonise.estimate_shift(pair.src, pair.ref, window=32, max_windows=6)
+    # One read of a round of 32 reference windows, then one of the 6 source windows examined.
+    assert reads == [32, 6]
+    # A budget below one chunk: every source window is read on its own, same result.
+    monkeypatch.setattr(coregister, "_READ_BUDGET", 1)
+    alone = xharmonise.estimate_shift(pair.src, pair.ref, window=32, max_windows=6)
+    assert reads[2:] == [32] + [1] * 6
+    assert (alone.east, alone.north) == (shared.east, shared.north)
 
 
 def test_accessor_and_band_pairing_forward():

@@ -21,8 +21,8 @@ vanishes. At that fixed point the two images agree up to noise, so the bias of t
 correlation no longer matters. Windows with no-data or cloud are skipped, the rest are
 combined robustly (median, then the mean of the windows that agree with it).
 
-Only the windows examined are read from the source, a few at a time: a Dask-backed source
-is never loaded whole.
+Only the windows examined are read from the source, a few at a time and each chunk once per
+round: a Dask-backed source is never loaded whole.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any
 
 import dask
@@ -59,9 +60,14 @@ _MAX_ITER = 6
 # Windows whose estimate lies this close to the result always count as agreeing (reference
 # pixels): below it the spread is noise, not an outlier.
 _MIN_TOLERANCE = 0.1
-# Reference windows read at once (cheap: reference resolution); the source is then read
-# one window at a time, so memory stays at one window and the chunks it touches.
-_BATCH = 8
+# Windows examined per round. Their reference windows are read at once (cheap: reference
+# resolution); their source windows are read together too, so that a chunk shared by
+# several windows is read (or, for a lazy source, computed) once, within _READ_BUDGET.
+# Every round reads (or recomputes) chunks again, so rounds are few: half the default
+# max_windows.
+_BATCH = 32
+# Most source chunk bytes one read may touch; a window touching more is read alone.
+_READ_BUDGET = 512 * 2**20
 # Window sides tried by the automatic choice, largest first, and how many candidate
 # windows it wants: larger windows are more precise, more windows are more robust.
 _WINDOW_SIZES = (64, 48, 32, 24)
@@ -338,6 +344,41 @@ def _compute(arrays: Sequence[Any]) -> list[np.ndarray]:
     return [np.asarray(a) for a in dask.compute(*arrays)] if arrays else []
 
 
+def _chunk_ids(chunks: tuple[tuple[int, ...], ...], sl: tuple[slice, ...]) -> set[tuple]:
+    """The chunks (index tuples) a slice of a chunked array touches."""
+    spans = []
+    for sizes, s in zip(chunks, sl, strict=True):
+        bounds = np.cumsum((0, *sizes))
+        start, stop, _ = s.indices(int(bounds[-1]))
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        last = int(np.searchsorted(bounds, max(stop, start + 1), side="left")) - 1
+        spans.append(range(first, last + 1))
+    return set(product(*spans))
+
+
+def _read_windows(data: Any, slices: Sequence[tuple[slice, ...]]) -> list[np.ndarray]:
+    """``data[s]`` for every slice, read in groups that touch at most _READ_BUDGET of chunks.
+
+    Each group is one computation, so a chunk that several of its windows share is read
+    once; memory stays bounded by the budget, not by the number of windows.
+    """
+    chunks = getattr(data, "chunks", None)
+    if not isinstance(chunks, tuple):  # NumPy: slicing reads nothing
+        return _compute([data[s] for s in slices])
+    chunk_bytes = np.prod([max(c) for c in chunks]) * data.dtype.itemsize
+    out: list[np.ndarray] = []
+    group: list[tuple[slice, ...]] = []
+    touched: set[tuple] = set()
+    for s in slices:
+        ids = _chunk_ids(chunks, s)
+        if group and len(touched | ids) * chunk_bytes > _READ_BUDGET:
+            out += _compute([data[g] for g in group])
+            group, touched = [], set()
+        group.append(s)
+        touched |= ids
+    return out + _compute([data[g] for g in group])
+
+
 def estimate_on_grid(
     src: xr.DataArray,
     ref: xr.DataArray,
@@ -450,17 +491,18 @@ def estimate_on_grid(
                 todo.append((row, rw, bad))
             else:
                 rows.pop()  # not examined: the budget is spent
-        for row, rw, bad in todo:
-            # One source window at a time: at most the few chunks it touches are in memory.
-            (sw,) = _compute(
-                [
-                    src.data[
-                        :,
-                        row["row"] * factor - pad : (row["row"] + n) * factor + pad,
-                        row["col"] * factor - pad : (row["col"] + n) * factor + pad,
-                    ]
-                ]
-            )
+        source_windows = _read_windows(
+            src.data,
+            [
+                (
+                    slice(None),
+                    slice(row["row"] * factor - pad, (row["row"] + n) * factor + pad),
+                    slice(row["col"] * factor - pad, (row["col"] + n) * factor + pad),
+                )
+                for row, _, _ in todo
+            ],
+        )
+        for (row, rw, bad), sw in zip(todo, source_windows, strict=True):
             result = _window_shift(
                 sw, rw, bad, kernels, factor=factor, pad=pad, margin=margin, max_shift=max_shift
             )
