@@ -7,6 +7,8 @@ unmasked clouds the variance head keeps the fit clean and maps the clouds.
 
 Budgets: the library's CPU defaults on 1000 x 1000 pixel pairs (about a minute or two
 per model here), so these are marked slow; they are the acceptance tests of the models.
+The pairs are in memory, as after reading a GeoTIFF: a lazy pair holds the same values and
+fits the same models (``test_api``), but every read would simulate it again.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def test_toa_calibnet_beats_linear_by_ten_percent():
 
 @pytest.fixture(scope="module")
 def shifted_pair():
-    return simulate_pair((1000, 1000), seed=7, toa=True, shift=SHIFT, chunks=250)
+    return simulate_pair((1000, 1000), seed=7, toa=True, shift=SHIFT)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_bcnet_keeps_2m_detail_where_convcalibnet_blurs_it(shifted_pair, bcnet_m
 
 @pytest.fixture(scope="module")
 def cloudy_pair():
-    return simulate_pair((1000, 1000), seed=5, toa=True, src_clouds=0.1, chunks=250)
+    return simulate_pair((1000, 1000), seed=5, toa=True, src_clouds=0.1)
 
 
 def test_variance_head_resists_unmasked_clouds_and_maps_them(cloudy_pair):
