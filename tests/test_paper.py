@@ -8,7 +8,8 @@ unmasked clouds the variance head keeps the fit clean and maps the clouds.
 Budgets: the library's CPU defaults on 1000 x 1000 pixel pairs (about a minute or two
 per model here), so these are marked slow; they are the acceptance tests of the models.
 The pairs are in memory, as after reading a GeoTIFF: a lazy pair holds the same values and
-fits the same models (``test_api``), but every read would simulate it again.
+fits the same models to float rounding (``test_api``), but every read would simulate it
+again.
 """
 
 from __future__ import annotations
