@@ -64,7 +64,7 @@ _MIN_TOLERANCE = 0.1
 # resolution); their source windows are read together too, so that a chunk shared by
 # several windows is read (or, for a lazy source, computed) once, within _READ_BUDGET.
 # Every round reads (or recomputes) chunks again, so rounds are few: half the default
-# max_windows.
+# max_windows, whose source windows take a few MB each.
 _BATCH = 32
 # Most source chunk bytes one read may touch; a window touching more is read alone.
 _READ_BUDGET = 512 * 2**20

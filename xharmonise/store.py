@@ -31,6 +31,7 @@ import xarray as xr
 import zarr
 from dask.base import get_scheduler
 from dask.delayed import Delayed
+from fsspec.implementations.local import LocalFileSystem
 from xarray.conventions import encode_cf_variable
 from zarr.codecs import ZstdCodec
 
@@ -185,7 +186,7 @@ def _clear_markers(fs: fsspec.AbstractFileSystem, root: str) -> None:
 
 def _remove_partial_writes(fs: fsspec.AbstractFileSystem, root: str) -> None:
     """Delete the temporary files of a killed local write (object stores leave none)."""
-    if "file" not in fs.protocol:
+    if not isinstance(fs, LocalFileSystem):
         return
     for path in fs.find(root):
         if _PARTIAL.search(path):
