@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xharmonise import checks, psf, sampling
 from xharmonise import grid as _grid
-from xharmonise import psf, sampling
 from xharmonise.coregister import ShiftEstimate, estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
     CoregistrationError,
     DetailLossWarning,
+    DimensionError,
     GridError,
+    InputTypeError,
     InputValueError,
     UnknownMethodError,
 )
@@ -53,6 +55,7 @@ def _pair_bands(
     src: xr.DataArray, ref: xr.DataArray, bands: Mapping[str, str] | Sequence[str] | None
 ) -> tuple[xr.DataArray, xr.DataArray, list[str], list[str]]:
     src_names, ref_names = band_names(src), band_names(ref)
+    bands = checks.mapping_or_names(bands, "bands")
     if bands is None:
         if len(src_names) != len(ref_names):
             raise BandMismatchError(
@@ -78,6 +81,12 @@ def _pair_bands(
             f"unknown band names {unknown} in bands=: the source has {src_names} and the "
             f"reference {ref_names}"
         )
+    twice = sorted({r for _, r in pairs if [q for _, q in pairs].count(r) > 1})
+    if twice:
+        raise BandMismatchError(
+            f"bands= pairs reference band(s) {twice} with several source bands: pair each "
+            "reference band with one source band"
+        )
     si = [src_names.index(s) for s, _ in pairs]
     ri = [ref_names.index(r) for _, r in pairs]
     return (
@@ -88,12 +97,40 @@ def _pair_bands(
     )
 
 
+def _check_mask(mask: Any) -> xr.DataArray | None:
+    """``mask=`` as a (y, x) DataArray of booleans or numbers, or an error naming the fix."""
+    if mask is None:
+        return None
+    if not isinstance(mask, xr.DataArray):
+        raise InputTypeError(
+            f"the mask is a {checks.type_name(mask)}: pass an xarray.DataArray (y, x) on the "
+            "reference grid, True or 1 = cloud (e.g. from xharmonise.cloud_mask_from_scl)"
+        )
+    if mask.dtype.kind not in "iufb":
+        raise InputTypeError(
+            f"the mask holds {mask.dtype} values: give booleans or numbers, True or 1 = cloud"
+        )
+    if "band" in mask.dims and mask.sizes["band"] > 1:
+        mask = mask.any("band")
+    single = [d for d in mask.dims if d not in ("y", "x") and mask.sizes[d] == 1]
+    mask = mask.isel({d: 0 for d in single}, drop=True)
+    if mask.dims != ("y", "x"):
+        fix = (
+            "transpose it with mask.transpose('y', 'x')"
+            if set(mask.dims) == {"y", "x"}
+            else "give a (y, x) mask on the reference grid (one date: mask.isel(time=0))"
+        )
+        raise DimensionError(f"the mask has dims {mask.dims}: {fix}")
+    return mask
+
+
 def _crop_mask(mask: xr.DataArray, ref: xr.DataArray, g: _grid.PairGrid) -> xr.DataArray:
-    if "band" in mask.dims:
-        mask = mask.any("band") if mask.sizes["band"] > 1 else mask.isel(band=0)
     if (mask.sizes.get("y"), mask.sizes.get("x")) == (ref.sizes["y"], ref.sizes["x"]):
-        same = np.allclose(mask["y"].values, ref["y"].values) and np.allclose(
-            mask["x"].values, ref["x"].values
+        same = all(
+            d in mask.coords
+            and np.asarray(mask[d].values).dtype.kind in "iuf"
+            and np.allclose(mask[d].values, ref[d].values)
+            for d in ("y", "x")
         )
         if same:
             return mask.isel(y=g.ref_rows, x=g.ref_cols)
@@ -145,16 +182,19 @@ def _prepare(
 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray, list[str], list[str], float, float]:
     """Reflectance of both inputs with their bands paired; also the raw source and the
     scale and offset that turned it into reflectance."""
-    src_scale, ref_scale = scale if isinstance(scale, tuple) else (scale, scale)
-    src_offset, ref_offset = offset if isinstance(offset, tuple) else (offset, offset)
+    src_scale, ref_scale = checks.per_input(scale, "scale", positive=True, example="1e-4")
+    src_offset, ref_offset = checks.per_input(offset, "offset", positive=False, example="-0.1")
     src_da = as_band_array(src, "the source")
     ref_da = as_band_array(ref, "the reference")
     src_r = to_reflectance(src_da, scale=src_scale, offset=src_offset, name="the source")
     ref_r = to_reflectance(ref_da, scale=ref_scale, offset=ref_offset, name="the reference")
     src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
-    used_scale = src_scale if src_scale is not None else src_da.attrs.get("scale_factor", 1.0)
-    used_offset = src_offset if src_offset is not None else src_da.attrs.get("add_offset", 0.0)
-    return src_da, src_r, ref_r, src_names, ref_names, float(used_scale), float(used_offset)
+    used_scale = src_scale if src_scale is not None else src_da.attrs.get("scale_factor")
+    used_offset = src_offset if src_offset is not None else src_da.attrs.get("add_offset")
+    # to_reflectance checked the attributes: numbers (or arrays of one) when present.
+    used_scale = 1.0 if used_scale is None else float(np.asarray(used_scale).reshape(()))
+    used_offset = 0.0 if used_offset is None else float(np.asarray(used_offset).reshape(()))
+    return src_da, src_r, ref_r, src_names, ref_names, used_scale, used_offset
 
 
 def _estimate(
@@ -174,6 +214,16 @@ def _estimate(
         bands=list(ref_names),
         **options,
     )
+
+
+def _check_shift_options(
+    window: Any, max_windows: Any, max_shift: Any, min_windows: Any, seed: Any
+) -> None:
+    checks.integer(window, "window", minimum=2, optional=True)
+    checks.integer(max_windows, "max_windows", minimum=1)
+    checks.real(max_shift, "max_shift", minimum=0, above_minimum=True)
+    checks.integer(min_windows, "min_windows", minimum=1)
+    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
 
 
 def estimate_shift(
@@ -254,6 +304,8 @@ def estimate_shift(
     >>> round(est.east), round(est.north)
     (4, -3)
     """
+    _check_shift_options(window, max_windows, max_shift, min_windows, seed)
+    mask = _check_mask(mask)
     _, src_r, ref_r, _, ref_names, _, _ = _prepare(src, ref, scale, offset, bands)
     g = _grid.pair_grid(src_r, ref_r)
     return _estimate(
@@ -361,8 +413,20 @@ def fit(
     >>> model.method, model.factor
     ('linear', 5)
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    checks.flag(variance, "variance")
+    checks.integer(iterations, "iterations", minimum=1, optional=True)
+    checks.integer(batch_size, "batch_size", minimum=1, optional=True)
+    checks.integer(patch_size, "patch_size", minimum=1)
+    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
+    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
+    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
+    checks.device(device)
+    checks.flag(progress, "progress")
+    if not isinstance(coregister, ShiftEstimate):
+        checks.flag(coregister, "coregister")
+    mask = _check_mask(mask)
     src_da, src_r, ref_r, src_names, ref_names, src_scale, src_offset = _prepare(
         src, ref, scale, offset, bands
     )
@@ -397,6 +461,13 @@ def fit(
     train_cells, test_cells = sampling.split_patches(
         index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
     )
+    n_pixels = len(train_cells) * patch_size**2
+    if n_pixels < len(ref_names) + 1:
+        raise InputValueError(
+            f"only {len(train_cells)} training patch(es) of {patch_size} x {patch_size} pixels "
+            f"({n_pixels} pixels) for a linear fit of {len(ref_names) + 1} terms per band: "
+            "raise max_patches or patch_size, or give a larger clear overlap"
+        )
     # Metrics use the held-out patches; a single valid patch can only be scored on itself.
     eval_cells = test_cells if len(test_cells) else train_cells
     train = sampling.gather(index, train_cells, coarse=coarse)
@@ -609,6 +680,14 @@ def predict(
     >>> round(float(shifted.src.x[0] - out.x[0]))
     4
     """
+    if not isinstance(model, Harmoniser):
+        raise InputTypeError(
+            f"model is a {checks.type_name(model)}: pass a Harmoniser from xharmonise.fit, or "
+            "read a saved one with xharmonise.load(path)"
+        )
+    checks.flag(variance, "variance")
+    checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
+    checks.real(offset, "offset", optional=True)
     src_da = as_band_array(src, "the source")
     names = band_names(src_da)
     if len(names) != model.n_bands:

@@ -28,6 +28,7 @@ round: a Dask-backed source is never loaded whole.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -221,6 +222,16 @@ def _hann(n: int) -> np.ndarray:
     return np.outer(h, h)
 
 
+# Beyond this magnitude a value is no reflectance but an undeclared no-data fill (e.g.
+# float32's -3.4e38): a window skips it like NaN, instead of overflowing its statistics.
+_MAX_ABS = 1e6
+
+
+def _usable(a: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(a) & (np.abs(a) <= _MAX_ABS)
+
+
 def _window_shift(
     src: np.ndarray,
     ref: np.ndarray,
@@ -240,7 +251,7 @@ def _window_shift(
     from skimage.registration import phase_cross_correlation
 
     nb, n = ref.shape[0], ref.shape[1]
-    src_nan = ~np.isfinite(src).all(axis=0)
+    src_nan = np.asarray(~_usable(src).all(axis=0))
     if src_nan.mean() > _MAX_MASKED:
         return {"status": "nodata"}
     # Fill no-data so that the blur and the spline stay finite; the pixels it reaches are
@@ -269,13 +280,19 @@ def _window_shift(
         # spectrum): its peak search and matrix-multiply DFT refinement, on several bands
         # at once. It returns the shift that registers the moving image: minus the
         # displacement of the source content.
-        shift, _, _ = phase_cross_correlation(
-            product,
-            np.ones_like(product),
-            space="fourier",
-            upsample_factor=upsample,
-            normalization=None,
-        )
+        with warnings.catch_warnings():
+            # skimage also computes an RMS error, unused here, and warns when a tiny or
+            # flat window makes it undefined; the peak position is still right.
+            warnings.filterwarnings(
+                "ignore", message="Could not determine RMS error", category=UserWarning
+            )
+            shift, _, _ = phase_cross_correlation(
+                product,
+                np.ones_like(product),
+                space="fourier",
+                upsample_factor=upsample,
+                normalization=None,
+            )
         return -np.asarray(shift, dtype=np.float64)
 
     def measure(s: np.ndarray):
@@ -482,7 +499,7 @@ def estimate_on_grid(
         for (r, c), rw, cw in zip(batch, refs, clouds, strict=True):
             row = {"row": r, "col": c, "x": xs[c : c + n].mean(), "y": ys[r : r + n].mean()}
             rows.append(row)
-            nodata = ~np.isfinite(rw).all(axis=0)
+            nodata = ~_usable(rw).all(axis=0)
             cloud = np.zeros_like(nodata) if cw is None else np.asarray(cw, dtype=bool)
             bad = nodata | cloud
             if bad.mean() > _MAX_MASKED:

@@ -10,8 +10,10 @@ __all__ = [
     "BandMismatchError",
     "CoregistrationError",
     "DetailLossWarning",
+    "DimensionError",
     "GridError",
     "HarmoniseError",
+    "InputTypeError",
     "InputValueError",
     "MissingCRSError",
     "ModelFileError",
@@ -148,8 +150,12 @@ class BandMismatchError(HarmoniseError):
     """
 
 
-class InputValueError(HarmoniseError):
-    """Input values are not reflectances as expected (scale, NaN, range).
+class InputValueError(HarmoniseError, ValueError):
+    """An input or an option has a value that cannot be used.
+
+    Input values that are not reflectances as expected (scale, NaN, range), and options
+    outside their limits (``patch_size=0``, ``test_fraction=1.5``, ``device="cuda"``
+    without CUDA...). Also a :class:`ValueError`, as Python code expects of a bad value.
 
     Examples
     --------
@@ -161,6 +167,45 @@ class InputValueError(HarmoniseError):
     Traceback (most recent call last):
         ...
     xharmonise.errors.InputValueError: the source does not look like reflectance after ...
+    >>> xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=0)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: patch_size=0 is not allowed: give an integer of at least 1...
+    """
+
+
+class InputTypeError(HarmoniseError, TypeError):
+    """An input or an option is of the wrong type (a NumPy array for an image, a string
+    for a number...). Also a :class:`TypeError`, as Python code expects.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src.values, pair.ref, method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputTypeError: the source is a numpy.ndarray: pass an xarray.DataArray ...
+    """
+
+
+class DimensionError(InputValueError):
+    """An image's dimensions are not ``(band, y, x)``: other names, another order, a
+    ``time`` dimension with several dates, or other extra dimensions.
+
+    Dimensions of length 1 other than ``band``, ``y`` and ``x`` (a single date, a
+    singleton level) are dropped; anything else is refused with the fix.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> xharmonise.fit(pair.src, pair.ref.transpose("y", "x", "band"), method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.DimensionError: the reference has dims ('y', 'x', 'band'): transpose it ...
     """
 
 

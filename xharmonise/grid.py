@@ -16,6 +16,7 @@ from typing import overload
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+import rioxarray.exceptions
 import xarray as xr
 from affine import Affine
 from odc.geo.crs import CRS as OdcCRS
@@ -46,7 +47,21 @@ def _check_coords(da: xr.DataArray | xr.Dataset, name: str) -> None:
                 f"{name} has dims {da.dims}, without {dim!r}: give a (band, y, x) array "
                 "with spatial dims named y and x (rioxarray's default)"
             )
-        c = np.asarray(da[dim].values, dtype=np.float64)
+        if da.sizes[dim] == 0:
+            raise GridError(f"{name} has no pixels along {dim}: give a non-empty image")
+        if dim not in da.coords:
+            raise GridError(
+                f"{name} has no {dim} coordinates: give it its pixel-centre coordinates (e.g. "
+                "open it with rioxarray.open_rasterio, or da.rio.write_transform(...) and "
+                "assign_coords from da.rio.transform())"
+            )
+        values = np.asarray(da[dim].values)
+        if values.dtype.kind not in "iuf" or not np.isfinite(values).all():
+            raise GridError(
+                f"{name} has {dim} coordinates that are not finite numbers: give it its "
+                f"pixel-centre coordinates (e.g. from rioxarray.open_rasterio)"
+            )
+        c = values.astype(np.float64)
         if c.size > 2:
             step = np.diff(c)
             if not np.allclose(step, step[0], rtol=1e-6, atol=abs(step[0]) * 1e-6):
@@ -113,9 +128,21 @@ def geobox_of(da: xr.DataArray | xr.Dataset, name: str = "input") -> GeoBox:
     y = np.asarray(da["y"].values, dtype=np.float64)
     if x.size > 1 and y.size > 1:
         rx, ry = (x[-1] - x[0]) / (x.size - 1), (y[-1] - y[0]) / (y.size - 1)
-        transform = Affine(rx, 0, x[0] - rx / 2, 0, ry, y[0] - ry / 2)
     else:
-        transform = da.rio.transform()
+        # One pixel along an axis: only a written transform tells the pixel size there.
+        try:
+            written = da.rio.transform(recalc=False)
+        except rioxarray.exceptions.RioXarrayError:
+            written = Affine.identity()
+        if written.is_identity:
+            raise GridError(
+                f"{name} is {da.sizes['y']} x {da.sizes['x']} pixels without a transform: "
+                "give an image of at least 2 x 2 pixels, or write its transform with "
+                "da.rio.write_transform(...)"
+            )
+        rx = (x[-1] - x[0]) / (x.size - 1) if x.size > 1 else written.a
+        ry = (y[-1] - y[0]) / (y.size - 1) if y.size > 1 else written.e
+    transform = Affine(rx, 0, x[0] - rx / 2, 0, ry, y[0] - ry / 2)
     return GeoBox((da.sizes["y"], da.sizes["x"]), transform, CRS.from_user_input(crs))
 
 
@@ -123,6 +150,11 @@ def _crs(gbox: GeoBox) -> OdcCRS:
     # GeoBoxes from geobox_of, and the grids made from them, always have a CRS.
     assert gbox.crs is not None, "geobox_of raises MissingCRSError for inputs without one"
     return gbox.crs
+
+
+def _crs_text(gbox: GeoBox) -> str:
+    """``EPSG:32631`` (or the WKT of CRS without a code), for messages."""
+    return str(CRS.from_user_input(_crs(gbox)).to_string())
 
 
 def resolution_of(gbox: GeoBox, crs: CRS | OdcCRS | None = None) -> float:
@@ -207,6 +239,14 @@ def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:
             "square pixels first"
         )
     src_res = resolution_of(src_gb, ref_gb.crs)
+    if not (math.isfinite(src_res) and src_res > 0):
+        box = src_gb.extent.boundingbox
+        raise GridError(
+            f"the source's footprint (x {box.left:g} to {box.right:g}, y {box.bottom:g} to "
+            f"{box.top:g} in {_crs_text(src_gb)}) cannot be placed in the reference CRS "
+            f"({_crs_text(ref_gb)}): check that the source's CRS is right (degrees for "
+            "EPSG:4326, metres for UTM) and set it with da.rio.write_crs(...)"
+        )
     if src_res > ref_res * 1.01:
         raise GridError(
             f"the source ({src_res:g} per pixel) is coarser than the reference "

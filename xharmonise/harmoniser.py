@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xharmonise.checks import type_name
 from xharmonise.coregister import ShiftEstimate
-from xharmonise.errors import ModelFileError
+from xharmonise.errors import InputTypeError, ModelFileError
 
 __all__ = ["Harmoniser", "load"]
 
@@ -224,6 +225,13 @@ class Harmoniser:
         -------
         pathlib.Path
 
+        Raises
+        ------
+        ModelFileError
+            The path is a folder, or its folder does not exist.
+        InputTypeError
+            The path is not a string or path-like.
+
         Examples
         --------
         >>> import tempfile, pathlib, xharmonise
@@ -235,7 +243,18 @@ class Harmoniser:
         """
         from safetensors.numpy import save_file
 
-        path = Path(path)
+        path = _model_path(path)
+        if path.is_dir():
+            raise ModelFileError(
+                f"{path} is a folder: give a file path, e.g. {path / 'model.safetensors'}"
+            )
+        folder = path.parent
+        if not folder.is_dir():
+            raise ModelFileError(
+                f"cannot write {path}: the folder {folder} "
+                f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
+                "first or choose another path"
+            )
         tensors = {"linear": np.ascontiguousarray(self.linear, dtype=np.float64)}
         for name, values in self.samples.items():
             tensors[f"samples.{name}"] = np.ascontiguousarray(values, dtype=np.float32)
@@ -310,6 +329,77 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _model_path(path: Any) -> Path:
+    """A local model path, or an error naming the fix."""
+    if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+        raise InputTypeError(
+            f"path={path!r} is a {type_name(path)}: give the model file's path as a str or "
+            "pathlib.Path, e.g. 'model.safetensors'"
+        )
+    text = os.fspath(path)
+    if not text.strip() or "\x00" in text:
+        raise ModelFileError(
+            f"path={path!r} is {'empty' if not text.strip() else 'not a path (NUL character)'}: "
+            "give a file path, e.g. 'model.safetensors'"
+        )
+    if "://" in text:
+        raise ModelFileError(
+            f"{text} is a URL: models are local files; give a local path (and copy the file "
+            "with fsspec if it must live in an object store)"
+        )
+    return Path(text)
+
+
+# What Harmoniser needs from a model file's metadata: key -> (type, description).
+_META: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "method": (str, "a method name"),
+    "src_bands": (list, "a list of band names"),
+    "ref_bands": (list, "a list of band names"),
+    "factor": (int, "an integer"),
+    "sigmas": (list, "a list of numbers"),
+    "src_scale": ((int, float), "a number"),
+    "src_offset": ((int, float), "a number"),
+    "metrics": (dict, "a table"),
+    "history": (dict, "a dict"),
+    "grid": (dict, "a dict"),
+    "patches": (dict, "a dict"),
+    "variance": (bool, "true or false"),
+    "net_config": ((dict, type(None)), "a dict or null"),
+}
+
+
+def _meta_problem(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with a model file's metadata and tensors, or None."""
+    for key, (kind, what) in _META.items():
+        if key not in meta:
+            return f"no {key!r} entry"
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key!r} is {value!r}, not {what}"
+    src, ref = meta["src_bands"], meta["ref_bands"]
+    if not ref or len(src) != len(ref) or not all(isinstance(b, str) for b in src + ref):
+        return f"band lists {src!r} and {ref!r} do not pair up"
+    n = len(ref)
+    if meta["factor"] < 1 or len(meta["sigmas"]) != n:
+        return f"factor {meta['factor']!r} or sigmas {meta['sigmas']!r} do not fit {n} bands"
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in meta["sigmas"]):
+        return f"sigmas {meta['sigmas']!r} are not numbers"
+    if not isinstance(meta.get("src_dtype", "float32"), str):
+        return f"'src_dtype' is {meta['src_dtype']!r}, not a dtype name"
+    if not isinstance(meta.get("coregistration"), dict | type(None)):
+        return f"'coregistration' is {meta['coregistration']!r}, not a dict or null"
+    linear = tensors.get("linear")
+    if linear is None or linear.shape != (n, n + 1):
+        return f"the linear tensor is {None if linear is None else linear.shape}, not {(n, n + 1)}"
+    cfg = meta["net_config"]
+    if cfg is None:
+        return None if meta["method"] == "linear" else f"a {meta['method']} model without a network"
+    fits = (cfg.get("method"), cfg.get("n_bands"), bool(cfg.get("variance", False)))
+    if fits != (meta["method"], n, meta["variance"]) or isinstance(cfg.get("n_bands"), bool):
+        return f"its network {cfg!r} is not a {meta['method']} of {n} bands"
+    return None
+
+
 def load(path: str | os.PathLike) -> Harmoniser:
     """Read a model written by :meth:`Harmoniser.save`.
 
@@ -329,6 +419,8 @@ def load(path: str | os.PathLike) -> Harmoniser:
     ------
     ModelFileError
         Missing, truncated, corrupted, foreign or unsafe file.
+    InputTypeError
+        The path is not a string or path-like.
 
     Examples
     --------
@@ -342,7 +434,7 @@ def load(path: str | os.PathLike) -> Harmoniser:
     """
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    path = _model_path(path)
     if not path.is_file():
         raise ModelFileError(f"no model file at {path}: check the path")
     try:
@@ -364,13 +456,32 @@ def load(path: str | os.PathLike) -> Harmoniser:
             f"{path} is a safetensors file but not an xharmonise model "
             f"(expected format {_FORMAT!r}): save models with Harmoniser.save"
         )
+    problem = _meta_problem(meta, tensors)
+    if problem:
+        raise ModelFileError(
+            f"{path} is a damaged xharmonise model ({problem}): save the model again with "
+            "Harmoniser.save"
+        )
+    try:
+        metrics = xr.DataArray.from_dict(meta["metrics"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} is a damaged xharmonise model (unreadable metrics: {err}): save the model "
+            "again with Harmoniser.save"
+        ) from None
     net = None
     if meta["net_config"] is not None:
         import torch
 
         from xharmonise.models import build_model
 
-        net = build_model(**meta["net_config"])
+        try:
+            net = build_model(**meta["net_config"])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ModelFileError(
+                f"{path} is a damaged xharmonise model (its network cannot be built: {err}): "
+                "save the model again with Harmoniser.save"
+            ) from None
         state = {k[4:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("net.")}
         try:
             net.load_state_dict(state)
@@ -387,7 +498,7 @@ def load(path: str | os.PathLike) -> Harmoniser:
         src_offset=float(meta["src_offset"]),
         src_dtype=str(meta.get("src_dtype", "float32")),
         linear=tensors["linear"],
-        metrics=xr.DataArray.from_dict(meta["metrics"]),
+        metrics=metrics,
         history=meta["history"],
         grid=meta["grid"],
         patches=meta["patches"],

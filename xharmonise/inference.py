@@ -330,7 +330,8 @@ def _run_conv(block: np.ndarray, spec: dict[str, Any], n_out: int) -> np.ndarray
 
 def _run_linear(block: np.ndarray, coef: np.ndarray, n_out: int) -> np.ndarray:
     valid = np.isfinite(block).all(axis=0)
-    pred = apply_linear(coef, block.astype(np.float32, copy=False), axis=0)
+    # Invalid pixels (NaN, and the infinities a user left in) come out NaN: computed as 0.
+    pred = apply_linear(coef, np.where(valid, block, 0).astype(np.float32, copy=False), axis=0)
     out = np.full((2 * n_out, *block.shape[1:]), np.nan, np.float32)
     out[:n_out] = np.where(valid, pred, np.nan)
     return out

@@ -33,7 +33,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-from xharmonise.errors import GridError, InputValueError
+from xharmonise.checks import type_name
+from xharmonise.errors import GridError, InputTypeError, InputValueError
 from xharmonise.grid import geobox_of, resolution_of
 
 __all__ = [
@@ -332,6 +333,11 @@ def _on_grid(
         )
         ys, xs = target.coords["y"].values, target.coords["x"].values
     else:
+        if not isinstance(like, xr.DataArray | xr.Dataset):
+            raise InputTypeError(
+                f"like is a {type_name(like)}: pass the xarray image whose grid the mask must "
+                "land on (e.g. the 10 m reference), or like=None"
+            )
         target = geobox_of(like, "like")
         ys = np.asarray(like["y"].values, dtype=np.float64)
         xs = np.asarray(like["x"].values, dtype=np.float64)

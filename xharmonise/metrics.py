@@ -39,6 +39,11 @@ def _per_band(fn, target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
+def _one_minus(residual: float | np.floating, total: float | np.floating) -> float:
+    # Undefined for a constant target (no variance to explain): NaN, not a division by 0.
+    return float(1.0 - residual / total) if total > 0 else np.nan
+
+
 def rmse(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Root mean square error per band of (band, ...) arrays.
 
@@ -53,13 +58,17 @@ def rmse(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def r2(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Coefficient of determination 1 - SS_res / SS_tot per band.
 
+    NaN for a constant target, which leaves nothing to explain.
+
     Examples
     --------
     >>> r2(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 2.0, 3.0]]))
     array([1.])
+    >>> r2(np.array([[2.0, 2.0]]), np.array([[1.0, 2.0]]))
+    array([nan])
     """
     return _per_band(
-        lambda t, p: 1.0 - np.sum((t - p) ** 2) / np.sum((t - t.mean()) ** 2), target, pred
+        lambda t, p: _one_minus(np.sum((t - p) ** 2), np.sum((t - t.mean()) ** 2)), target, pred
     )
 
 
@@ -71,7 +80,7 @@ def explained_variance(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
     >>> explained_variance(np.array([[1.0, 2.0, 3.0]]), np.array([[2.0, 3.0, 4.0]]))
     array([1.])
     """
-    return _per_band(lambda t, p: 1.0 - np.var(t - p) / np.var(t), target, pred)
+    return _per_band(lambda t, p: _one_minus(np.var(t - p), np.var(t)), target, pred)
 
 
 def max_error(target: np.ndarray, pred: np.ndarray) -> np.ndarray:

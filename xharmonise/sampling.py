@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 
+# Beyond this magnitude a value is no reflectance but an undeclared no-data fill.
+_MAX_ABS = 1e6
+
+
 @dataclass
 class PatchIndex:
     """Which patches exist, which are usable, and why the others are not.
@@ -208,17 +212,27 @@ def reduce_to_reference(
         m = mask.data
         cloud = (m != 0) if m.dtype != bool else m
     xp = da if isinstance(src.data, da.Array) else np
-    src_inf = xp.isinf(src.data).sum()
-    ref_inf = (da if isinstance(ref_data, da.Array) else np).isinf(ref_data).sum()
+    xr_ = da if isinstance(ref_data, da.Array) else np
+    src_inf, ref_inf = xp.isinf(src.data).sum(), xr_.isinf(ref_data).sum()
+    # Finite values this far from reflectance are undeclared no-data fills (-3.4e38...).
+    src_huge = ((xp.abs(src.data) > _MAX_ABS) & xp.isfinite(src.data)).sum()
+    ref_huge = ((xr_.abs(ref_data) > _MAX_ABS) & xr_.isfinite(ref_data)).sum()
     # One compute call so that each source chunk is produced once for all the reductions.
-    src_ok, coarse_parts, ref_ok, cloud, ref_data, src_inf, ref_inf = dask.compute(
-        src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf
+    src_ok, coarse_parts, ref_ok, cloud, ref_data, src_inf, ref_inf, src_huge, ref_huge = (
+        dask.compute(src_ok, coarse, ref_ok, cloud, ref_data, src_inf, ref_inf, src_huge, ref_huge)
     )
     for name, count in (("source", src_inf), ("reference", ref_inf)):
         if count:
             raise InputValueError(
                 f"the {name} holds {int(count)} infinite values: mark invalid pixels as NaN "
                 "(e.g. da.where(np.isfinite(da))) or set its nodata value so they are masked"
+            )
+    for name, count in (("source", src_huge), ("reference", ref_huge)):
+        if count:
+            raise InputValueError(
+                f"the {name} holds {int(count)} values beyond +-{_MAX_ABS:g}, no reflectances "
+                "(an undeclared no-data fill?): set its nodata value (da.rio.write_nodata(...)) "
+                "or mark them NaN"
             )
     coarse = assemble(coarse_parts)
     ny, nx = ref_ok.shape

@@ -7,32 +7,48 @@ baseline 04.00). Everything downstream works on float32 reflectance with NaN at 
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import xarray as xr
 
-from xharmonise.errors import BandMismatchError, InputValueError
+from xharmonise.checks import type_name
+from xharmonise.errors import BandMismatchError, DimensionError, InputTypeError, InputValueError
 
 __all__ = ["as_band_array", "band_names", "scaling_like_training", "to_reflectance"]
 
 
-def as_band_array(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
-    """The raster in ``obj``: a DataArray as given, or the one variable of a Dataset.
+def as_band_array(obj: Any, name: str) -> xr.DataArray:
+    """The raster in ``obj`` as a (band, y, x) DataArray, or an error naming the fix.
+
+    A DataArray is taken as given, a Dataset by its one variable. Extra dimensions of
+    length 1 (a single date, a singleton level) are dropped; any other shape is refused:
+    a ``time`` dimension with several dates, other dimension names (``lat``/``lon``),
+    another order, no pixels.
 
     Parameters
     ----------
     obj : xarray.DataArray or xarray.Dataset
         An image, or a Dataset holding it as its only variable.
     name : str
-        How to call it in error messages.
+        How to call it in error messages ("the source").
 
     Returns
     -------
     xarray.DataArray
+        (band, y, x); the input itself when it already is, else a new object.
 
     Raises
     ------
+    InputTypeError
+        Not an xarray object, or values that are not real numbers.
     BandMismatchError
         A Dataset with several variables: which one is the image is ambiguous.
+    DimensionError
+        Dimensions other than (band, y, x) that cannot be dropped.
+    InputValueError
+        No pixels.
 
     Examples
     --------
@@ -40,6 +56,9 @@ def as_band_array(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
     >>> ds = xr.Dataset({"phr": (("band", "y", "x"), np.zeros((4, 2, 2)))})
     >>> as_band_array(ds, "the source").name
     'phr'
+    >>> one_date = xr.DataArray(np.zeros((1, 4, 2, 2)), dims=("time", "band", "y", "x"))
+    >>> as_band_array(one_date, "the reference").dims
+    ('band', 'y', 'x')
     """
     if isinstance(obj, xr.Dataset):
         if len(obj.data_vars) != 1:
@@ -47,8 +66,81 @@ def as_band_array(obj: xr.DataArray | xr.Dataset, name: str) -> xr.DataArray:
                 f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a DataArray "
                 "(band, y, x) or a Dataset whose bands are stacked with ds.to_dataarray('band')"
             )
-        return next(iter(obj.data_vars.values()))
-    return obj
+        obj = next(iter(obj.data_vars.values()))
+    if not isinstance(obj, xr.DataArray):
+        raise InputTypeError(
+            f"{name} is a {type_name(obj)}: pass an xarray.DataArray (band, y, x) with a CRS, "
+            "e.g. rioxarray.open_rasterio(path)"
+        )
+    if obj.dtype.kind not in "iufb":
+        raise InputTypeError(
+            f"{name} holds {obj.dtype} values: give real reflectances or integer DN (e.g. "
+            f"{_var(name)}.real for complex values)"
+        )
+    da = _band_yx(obj, name)
+    empty = [d for d in da.dims if da.sizes[d] == 0]
+    if empty:
+        sizes = ", ".join(f"{da.sizes[d]} along {d!r}" for d in da.dims)
+        raise InputValueError(
+            f"{name} is empty ({sizes}): give an image with at least one band and one pixel "
+            "(check the selection that cut it)"
+        )
+    return da
+
+
+def _var(name: str) -> str:
+    """The variable a user likely holds ``name`` in, for the code in messages."""
+    return {"the source": "src", "the reference": "ref", "the mask": "mask"}.get(name, "da")
+
+
+_SPATIAL_ALIASES = {"lat": "y", "latitude": "y", "lon": "x", "longitude": "x"}
+
+
+def _band_yx(da: xr.DataArray, name: str) -> xr.DataArray:
+    """``da`` as (band, y, x), dropping extra dimensions of length 1."""
+    var = _var(name)
+    aliases = {d: _SPATIAL_ALIASES[str(d)] for d in da.dims if str(d) in _SPATIAL_ALIASES}
+    if aliases and not {"y", "x"} & set(da.dims):
+        renames = ", ".join(f"{k!r}: {v!r}" for k, v in aliases.items())
+        raise DimensionError(
+            f"{name} has dims {da.dims}: name its spatial dims y and x with "
+            f"{var}.rename({{{renames}}}) (rioxarray's names; the grid must be projected)"
+        )
+    if "time" in da.dims and da.sizes["time"] > 1:
+        raise DimensionError(
+            f"{name} has a time dimension with {da.sizes['time']} dates: select one date, "
+            f"e.g. {var}.isel(time=0) (time series are not supported yet)"
+        )
+    extra = [d for d in da.dims if d not in ("band", "y", "x")]
+    single = [d for d in extra if da.sizes[d] == 1]
+    if single:
+        da = da.isel({d: 0 for d in single}, drop=True)
+    extra = [d for d in extra if d not in single]
+    if "band" not in da.dims and len(extra) == 1 and {"y", "x"} <= set(da.dims):
+        raise DimensionError(
+            f"{name} has dims {da.dims} and no 'band' dimension: if {extra[0]!r} holds the "
+            f"bands, rename it with {var}.rename({{{extra[0]!r}: 'band'}})"
+        )
+    if extra:
+        sizes = ", ".join(f"{da.sizes[d]} along {d!r}" for d in extra)
+        raise DimensionError(
+            f"{name} has dims {da.dims}, with {sizes}: give one (band, y, x) image, e.g. "
+            f"{var}.isel({extra[0]}=0)"
+        )
+    if "band" not in da.dims:
+        band_names(da)  # raises the clear error
+    missing = [d for d in ("y", "x") if d not in da.dims]
+    if missing:
+        raise DimensionError(
+            f"{name} has dims {da.dims}, without {missing[0]!r}: give a (band, y, x) array "
+            "with spatial dims named y and x (rioxarray's default)"
+        )
+    if da.dims != ("band", "y", "x"):
+        raise DimensionError(
+            f"{name} has dims {da.dims}: transpose it to (band, y, x) with "
+            f"{var}.transpose('band', 'y', 'x')"
+        )
+    return da
 
 
 def band_names(da: xr.DataArray) -> list[str]:
@@ -65,7 +157,7 @@ def band_names(da: xr.DataArray) -> list[str]:
     ['1', '2']
     """
     if "band" not in da.dims:
-        raise InputValueError(
+        raise DimensionError(
             f"the input has dims {da.dims} and no 'band' dimension: add one with "
             "da.expand_dims(band=['name']) (a single-band image is (1, y, x))"
         )
@@ -82,12 +174,26 @@ def band_names(da: xr.DataArray) -> list[str]:
     return [str(i + 1) for i in range(da.sizes["band"])]
 
 
-def _nodata_of(da: xr.DataArray) -> float | None:
+def _attr_number(da: xr.DataArray, key: str, name: str, *, where: str = "attrs") -> float | None:
+    """The number held by attribute (or encoding) ``key``, or an error naming it."""
+    value = getattr(da, where).get(key)
+    if value is None:
+        return None
+    number = np.asarray(value)
+    if number.size != 1 or number.dtype.kind not in "iufb":
+        raise InputValueError(
+            f"{name}'s {key} attribute is {value!r}, not a number: correct it (e.g. "
+            f"da.attrs[{key!r}] = ...) or remove it with da.drop_attrs()"
+        )
+    return float(number.reshape(()))
+
+
+def _nodata_of(da: xr.DataArray, name: str = "the input") -> float | None:
     for key in ("_FillValue", "nodata", "missing_value"):
-        if key in da.attrs and da.attrs[key] is not None:
-            return float(da.attrs[key])
-        if key in da.encoding and da.encoding[key] is not None:
-            return float(da.encoding[key])
+        for where in ("attrs", "encoding"):
+            value = _attr_number(da, key, name, where=where)
+            if value is not None:
+                return value
     try:
         nd = da.rio.nodata
     except Exception:  # a malformed grid mapping must not hide an explicit _FillValue
@@ -137,9 +243,20 @@ def to_reflectance(
         band_names(da)  # raises the clear error
     integer = np.issubdtype(da.dtype, np.integer) or da.dtype == bool
     if scale is None:
-        scale = da.attrs.get("scale_factor")
+        scale = _attr_number(da, "scale_factor", name)
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise InputValueError(
+                f"{name}'s scale_factor attribute is {scale!r}: pass the right DN scale with "
+                "scale= (e.g. 1e-4), which takes precedence over the attribute"
+            )
     if offset is None:
-        offset = da.attrs.get("add_offset", 0.0)
+        offset = _attr_number(da, "add_offset", name)
+        if offset is not None and not math.isfinite(offset):
+            raise InputValueError(
+                f"{name}'s add_offset attribute is {offset!r}: pass the right reflectance "
+                "offset with offset= (e.g. 0.0), which takes precedence over the attribute"
+            )
+        offset = 0.0 if offset is None else offset
     if scale is None:
         if integer:
             raise InputValueError(
@@ -148,7 +265,7 @@ def to_reflectance(
                 "8-bit images) so that values become reflectances"
             )
         scale = 1.0
-    nodata = _nodata_of(da)
+    nodata = _nodata_of(da, name)
     values = da
     if nodata is not None and not np.isnan(nodata):
         values = values.where(values != nodata)

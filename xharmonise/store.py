@@ -35,7 +35,8 @@ from fsspec.implementations.local import LocalFileSystem
 from xarray.conventions import encode_cf_variable
 from zarr.codecs import ZstdCodec
 
-from xharmonise.errors import StoreExistsError
+from xharmonise import checks
+from xharmonise.errors import InputTypeError, InputValueError, StoreExistsError
 
 __all__ = ["StoreInfo", "describe", "to_zarr"]
 
@@ -126,11 +127,9 @@ def _prepare(
             _largest_divisor(s, 1 if dim == "band" else inner_chunks)
             for dim, s in zip(var.dims, shard, strict=True)
         )
-        encoding[name] = {
-            "chunks": inner,
-            "shards": shard,
-            "compressors": (ZstdCodec(level=compression_level),),
-        }
+        encoding[name] = {"compressors": (ZstdCodec(level=compression_level),)}
+        if var.ndim:  # zarr shards arrays with at least one dimension only
+            encoding[name].update(chunks=inner, shards=shard)
         if np.issubdtype(var.dtype, np.floating):
             encoding[name]["fill_value"] = np.nan
     return ds, encoding
@@ -193,11 +192,18 @@ def _remove_partial_writes(fs: fsspec.AbstractFileSystem, root: str) -> None:
             fs.rm_file(path)
 
 
+def _encoded(ds: xr.Dataset, name: str) -> xr.Variable:
+    """A variable as xarray stores it in Zarr v3: CF-encoded, booleans kept (v3 has them;
+    CF encoding would make them int8)."""
+    var = ds[name].variable
+    return var if var.dtype == bool else encode_cf_variable(var, name=name)
+
+
 def _incompatibilities(group: zarr.Group, ds: xr.Dataset) -> list[str]:
     """What differs between the store's layout and the one ``ds`` would be written with."""
     problems = []
     for name in _regional(ds):
-        var = encode_cf_variable(ds[name].variable, name=name)
+        var = _encoded(ds, name)
         try:
             arr = group[name]
         except KeyError:
@@ -289,7 +295,7 @@ def _write_regions(
     shared = dask.delayed(writer, name=f"xharmonise-writer-{uuid.uuid4().hex}", traverse=False)
     blocks = {}
     for n in names:
-        var = encode_cf_variable(ds[n].variable, name=n)
+        var = _encoded(ds, n)
         stored = writer.arrays[n].dtype
         if var.dtype != stored:
             raise TypeError(f"{n!r} encodes to {var.dtype}, the store holds {stored}")
@@ -306,6 +312,114 @@ def _write_regions(
         args = [b[tuple(at.get(d, 0) for d in dims)] for dims, b in blocks.values()]
         tasks.append(shared(region, *args))
     return dask.delayed(_finalise)(group.store, fs, root, *tasks)
+
+
+# zstd's levels (negative ones trade ratio for speed).
+_ZSTD_LEVELS = (-131072, 22)
+
+
+def _check_arguments(
+    ds: Any,
+    store: Any,
+    *,
+    mode: Any,
+    resume: Any,
+    storage_options: Any,
+    inner_chunks: Any,
+    compression_level: Any,
+    compute: Any,
+    progress: Any,
+) -> str:
+    """Every argument of :func:`to_zarr`, checked before anything is written; the store
+    as a string."""
+    if not isinstance(ds, xr.Dataset):
+        fix = (
+            "da.to_dataset(name='prediction')"
+            if isinstance(ds, xr.DataArray)
+            else "xharmonise.predict(...)'s output"
+        )
+        raise InputTypeError(f"ds is a {checks.type_name(ds)}: pass an xarray.Dataset, e.g. {fix}")
+    for name, var in ds.variables.items():
+        if not isinstance(name, str):
+            raise InputTypeError(
+                f"the dataset has a variable named {name!r}: Zarr names are strings, rename "
+                f"it with ds.rename({{{name!r}: {str(name)!r}}})"
+            )
+        _check_attrs(var.attrs, f"variable {name!r}")
+    _check_attrs(ds.attrs, "the dataset")
+    if not any({"y", "x"} <= set(v.dims) for v in ds.data_vars.values()):
+        raise InputValueError(
+            f"the dataset has no (y, x) variable (its variables: {dict(ds.sizes)} sizes): "
+            "to_zarr writes rasters, e.g. xharmonise.predict's output; write other data with "
+            "ds.to_zarr"
+        )
+    empty = [str(d) for d, n in ds.sizes.items() if n == 0]
+    if empty:
+        raise InputValueError(
+            f"the dataset has no pixels along {', '.join(empty)}: give a non-empty Dataset "
+            "(check the selection that cut it)"
+        )
+    if not isinstance(store, str | os.PathLike):
+        raise InputTypeError(
+            f"store={store!r} is a {checks.type_name(store)}: give a local path or an fsspec "
+            "URL (e.g. 's3://bucket/out.zarr')"
+        )
+    path = os.fspath(store)
+    if not isinstance(path, str) or not path.strip() or "\x00" in path:
+        raise InputValueError(
+            f"store={store!r} is not a path: give a local path or an fsspec URL (e.g. "
+            "'s3://bucket/out.zarr')"
+        )
+    checks.choice(mode, "mode", ("w-", "w"))
+    checks.flag(resume, "resume")
+    if resume and mode == "w":
+        raise InputValueError(
+            "resume=True completes the existing store, mode='w' replaces it: give one of them"
+        )
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputTypeError(
+            f"storage_options={storage_options!r} is a {checks.type_name(storage_options)}: "
+            "give a dict of fsspec options (e.g. {'anon': True}) or None"
+        )
+    if storage_options and "://" not in path:
+        raise InputValueError(
+            f"storage_options= apply to fsspec URLs, and {path} is a local path: drop them, "
+            "or give a URL such as 's3://bucket/out.zarr'"
+        )
+    checks.integer(inner_chunks, "inner_chunks", minimum=1)
+    checks.integer(
+        compression_level, "compression_level", minimum=_ZSTD_LEVELS[0], maximum=_ZSTD_LEVELS[1]
+    )
+    checks.flag(compute, "compute")
+    checks.flag(progress, "progress")
+    if "://" not in path and os.path.isfile(path):
+        raise StoreExistsError(
+            f"{path} is a file, not a Zarr store: choose another path, or remove the file first"
+        )
+    return path
+
+
+def _check_attrs(attrs: dict[Hashable, Any], what: str) -> None:
+    """Attributes Zarr's JSON metadata can hold; others are refused by name."""
+    for key, value in attrs.items():
+        if not isinstance(key, str) or not _storable(value, top=True):
+            raise InputTypeError(
+                f"{what} has attribute {key!r} = {value!r} ({checks.type_name(value)}), which "
+                "Zarr metadata cannot hold: convert it to a string, number or list, or drop it"
+            )
+
+
+def _storable(value: Any, *, top: bool = False) -> bool:
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if top and isinstance(value, np.ndarray | np.generic):
+        # xarray turns top-level NumPy numbers and arrays into JSON numbers and lists.
+        return value.dtype.kind in "biuf"
+    if isinstance(value, list | tuple):
+        return all(_storable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str | int) and _storable(v) for k, v in value.items())
+    return False
 
 
 def to_zarr(
@@ -367,7 +481,10 @@ def to_zarr(
     ------
     StoreExistsError
         The store exists and neither ``mode="w"`` nor ``resume=True`` was given, or
-        ``resume=True`` found a store of another layout.
+        ``resume=True`` found a store of another layout, or the path is a file.
+    InputTypeError, InputValueError
+        An argument of the wrong type or beyond its limits (checked before anything is
+        written).
 
     Examples
     --------
@@ -375,11 +492,17 @@ def to_zarr(
     >>> ds = xr.Dataset({"prediction": (("band", "y", "x"), np.zeros((1, 4, 4), "f4"))})
     >>> to_zarr(ds, "memory://doc-example.zarr")
     """
-    if mode not in ("w-", "w"):
-        raise ValueError(f"mode must be 'w-' or 'w', got {mode!r}")
-    if resume and mode == "w":
-        raise ValueError("resume=True completes the existing store, mode='w' replaces it")
-    store = os.fspath(store)
+    store = _check_arguments(
+        ds,
+        store,
+        mode=mode,
+        resume=resume,
+        storage_options=storage_options,
+        inner_chunks=inner_chunks,
+        compression_level=compression_level,
+        compute=compute,
+        progress=progress,
+    )
     ds, encoding = _prepare(ds, inner_chunks, compression_level)
     exists = _store_exists(store, storage_options)
     if exists and not resume and mode == "w-":
@@ -419,8 +542,8 @@ def to_zarr(
                 zarr_format=3,
                 consolidated=False,
                 encoding=encoding,
-                storage_options=storage_options,
                 compute=False,
+                **_zarr_kwargs(storage_options),
             )
     delayed = _write_regions(ds, store, storage_options, fs, root, done)
     if not compute:
