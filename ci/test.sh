@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy xharmonise
-.venv/bin/python -m pytest "$@"
+# Two workers, one per core, each taking whole files (module fixtures are built once).
+.venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 "$@"

@@ -1,8 +1,10 @@
 """The ``xharmonise`` command line, run as a user runs it: in a subprocess.
 
 Every command runs through ``python -m xharmonise`` (one through the installed console
-script); results are checked against the library called in-process on the same files,
-and against the simulator's truth where the command computes something.
+script), but for the refused-argument cases and --help/--version, which run in-process
+through ``main([...])``, the function the console script calls. Results are checked
+against the library called in-process on the same files, and against the simulator's
+truth where the command computes something.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from conftest import BUCKET, FailAfter, local_cluster
 from dask.utils import key_split
 
 import xharmonise
+from xharmonise.cli import main
 from xharmonise.simulate import simulate_pair
 
 # Generous: a loaded 2-core machine; a hung command must still end the test.
@@ -357,13 +360,24 @@ _ERRORS = [
 
 
 @pytest.mark.parametrize(("args", "code", "says"), _ERRORS, ids=lambda v: str(v)[:40])
-def test_errors_are_one_line_with_exit_code(files, args, code, says, tmp_path):
+def test_errors_are_one_line_with_exit_code(files, args, code, says, tmp_path, monkeypatch, capsys):
+    # In-process through main(): the same argument handling and error reporting as the
+    # console script without a Python start-up per case (a subprocess case is below).
     names = {k: str(v) for k, v in files.items()}
     # In an empty folder, where relative outputs (x.zarr) would land.
-    proc = xh(*(a.format(**names) for a in args), cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    returned = main([a.format(**names) for a in args])
+    out, err = capsys.readouterr()
+    proc = subprocess.CompletedProcess(args, returned, out, err)
     line = _one_line_error(proc, code)
     assert says in line, line
     assert not list(tmp_path.iterdir())  # nothing written on failure
+
+
+def test_an_error_in_a_subprocess_is_one_line_too(files, tmp_path):
+    proc = xh("predict", files["src"], "-m", files["garbage"], "-o", "x.zarr", cwd=tmp_path)
+    assert "not a readable" in _one_line_error(proc, 1)
+    assert not list(tmp_path.iterdir())
 
 
 # The netCDF container has no grid of its own, which rasterio warns about on opening it.
@@ -390,9 +404,11 @@ def test_debug_shows_the_traceback(files):
     assert "Traceback" in proc.stderr and "ModelFileError" in proc.stderr
 
 
-def test_help_and_version():
-    assert _ok(xh("--version")).stdout.startswith("xharmonise ")
-    usage = _ok(xh("--help")).stdout
+def test_help_and_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("xharmonise ")
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
     assert all(c in usage for c in ("fit", "predict", "report", "info", "demo"))
     # The old entry point of the main job still works, as `xharmonise demo`.
     legacy = subprocess.run(
