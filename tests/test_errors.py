@@ -7,8 +7,10 @@ import xarray as xr
 import xharmonise
 from xharmonise.errors import (
     BandMismatchError,
+    DimensionError,
     GridError,
     HarmoniseError,
+    InputTypeError,
     InputValueError,
     MissingCRSError,
     NoOverlapError,
@@ -43,8 +45,17 @@ def test_all_errors_are_harmonise_errors():
         NoOverlapError,
         NoValidPatchesError,
         UnknownMethodError,
+        InputTypeError,
+        DimensionError,
     ):
         assert issubclass(err, HarmoniseError)
+
+
+def test_errors_keep_the_builtin_ancestry_python_code_expects():
+    # `except ValueError` / `except TypeError` written against NumPy-style APIs still works.
+    assert issubclass(InputValueError, ValueError)
+    assert issubclass(DimensionError, InputValueError)
+    assert issubclass(InputTypeError, TypeError)
 
 
 def test_missing_crs(pair):

@@ -364,3 +364,34 @@ def test_load_refuses_a_path_of_the_wrong_type():
     # Was: TypeError: expected str, bytes or os.PathLike object, not int.
     with pytest.raises(InputTypeError, match=r"path=3"):
         xharmonise.load(3)
+
+
+# --------------------------------------------------------------------------- long run
+def test_one_pixel_training_steps_are_refused(pair):
+    # Was: ValueError from BatchNorm: expected more than 1 value per channel.
+    with pytest.raises(InputValueError, match=r"batch_size=1 with patch_size=1.*raise"):
+        _fit(pair.src, pair.ref, method="calibnet", patch_size=1, batch_size=1, iterations=1)
+
+
+def test_one_band_pair_with_one_training_pixel_is_refused(pair):
+    # Was: the same BatchNorm ValueError, from the data rather than the options.
+    with pytest.raises(InputValueError, match=r"only 1 pixel\(s\) to train on"):
+        _fit(
+            pair.src.isel(band=[0]),
+            pair.ref.isel(band=[0]),
+            method="calibnet",
+            patch_size=1,
+            max_patches=3,
+            iterations=1,
+        )
+
+
+def test_geographic_mask_layer_lands_on_its_own_grid():
+    # Was: KeyError: 'y' (odc-geo names geographic axes latitude / longitude).
+    clm = xr.DataArray(
+        np.array([[0, 1], [2, 0]], np.uint8),
+        dims=("y", "x"),
+        coords={"y": [45.0002, 45.0001], "x": [6.0001, 6.0002]},
+    ).rio.write_crs("EPSG:4326")
+    mask = xharmonise.cloud_mask_from_clm(clm, resolution=0.00005)
+    assert mask.dims == ("y", "x") and mask.shape == (4, 4)

@@ -419,6 +419,11 @@ def fit(
     checks.integer(iterations, "iterations", minimum=1, optional=True)
     checks.integer(batch_size, "batch_size", minimum=1, optional=True)
     checks.integer(patch_size, "patch_size", minimum=1)
+    if method != "linear" and batch_size is not None and batch_size * patch_size**2 < 2:
+        raise InputValueError(
+            f"batch_size={batch_size} with patch_size={patch_size} makes training steps of "
+            "one pixel, which batch normalisation cannot use: raise batch_size or patch_size"
+        )
     checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
     checks.integer(max_patches, "max_patches", minimum=1, optional=True)
     checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
@@ -577,6 +582,14 @@ def _train_network(
     # Early stopping needs its own held-out patches: the test split only scores the result.
     n_val = max(1, round(0.1 * len(train_cells))) if len(train_cells) > 1 else 0
     val_cells, fit_cells = train_cells[:n_val], train_cells[n_val:]
+    pixels = len(fit_cells) * index.patch_size**2
+    if pixels < 2:
+        raise InputValueError(
+            f"only {pixels} pixel(s) to train on ({len(fit_cells)} patch of "
+            f"{index.patch_size} x {index.patch_size} after holding out validation and test "
+            "patches), which batch normalisation cannot use: raise max_patches or patch_size, "
+            "or give a larger clear overlap"
+        )
     full = method == "bcnet"
 
     def patches(c: np.ndarray) -> tuple[PatchSet, sampling.Patches]:

@@ -331,7 +331,8 @@ def _on_grid(
             src.affine @ Affine.scale(1 / fx, 1 / fy),
             src.crs,
         )
-        ys, xs = target.coords["y"].values, target.coords["x"].values
+        # (y, x) or, in a geographic CRS, (latitude, longitude): by position.
+        ys, xs = (c.values for c in target.coords.values())
     else:
         if not isinstance(like, xr.DataArray | xr.Dataset):
             raise InputTypeError(
