@@ -76,7 +76,12 @@ def test_bcnet_keeps_2m_detail_where_convcalibnet_blurs_it(shifted_pair, bcnet_m
         bc, cc = (score_against_truth(m, shifted_pair) for m in (bcnet_model, conv))
     # The share of the true 2 m detail (above the S2 Nyquist frequency) carried over.
     np.testing.assert_allclose(bc["detail"].sel(stage="model"), 1.0, atol=0.05)
-    assert float(cc["detail"].sel(stage="model").mean()) < 0.9
+    # ConvCalibNet's band-mean detail share on this pair, default budget, measured over
+    # training seeds and torch thread counts: 0.904 (seed 0, 1 thread), 0.897 (seed 1,
+    # 1 thread), 0.9015 (a CI run, 2 threads); 0.887-0.901 on 2000² pairs. The bound sits
+    # 0.046 above the largest of them (several times their spread) and meets BCNet's
+    # lower bound: ConvCalibNet blurs, BCNet does not. (It was 0.9, inside the spread.)
+    assert float(cc["detail"].sel(stage="model").mean()) < 0.95
     # ConvCalibNet fits the shifted 10 m reference better than the pixelwise models do.
     assert _mean_rmse(conv, "model") < _mean_rmse(bcnet_model, "linear")
 
