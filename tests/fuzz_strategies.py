@@ -523,7 +523,7 @@ def _zarr_cases():
                 "store": st.sampled_from(
                     ["memory", "memory", "local", "pathlike", "none", "int", "empty", "file"]
                 ),
-                "twice": st.booleans(),
+                "twice": _mostly(st.just(False), st.just(True)),
                 "lazy": st.booleans(),
             }
         ),
@@ -546,7 +546,9 @@ def _mutate_dataset(ds: Any, op: Op) -> Any:
         "complex_var": lambda: ds.assign(prediction=pred.astype("complex64")),
         "float64_var": lambda: ds.assign(prediction=pred.real.astype("float64")),
         "scalar_var": lambda: ds.assign(total=pred.sum()),
-        "ragged": lambda: ds.chunk({"y": (3, ds.sizes["y"] - 3), "x": 9}),
+        "ragged": lambda: ds.chunk(
+            {"y": (3, ds.sizes["y"] - 3) if ds.sizes["y"] > 3 else -1, "x": 9}
+        ),
         "band_chunks": lambda: ds.chunk({"band": 1}),
         "one_chunk": lambda: ds.chunk(),
         "empty": lambda: ds.isel(y=slice(0, 0)),
@@ -1162,8 +1164,11 @@ def check(case: Case) -> str:
                 raise FuzzFailure(f"raw {type(err).__name__}: {err}") from err
     finally:
         _cleanup()
-    for before, after, name in watched:
-        _unchanged(before, after, name)
+    with warnings.catch_warnings():
+        # Re-reading a lazily mutated input (e.g. a cast to float16) is not the call's doing.
+        warnings.simplefilter("ignore")
+        for before, after, name in watched:
+            _unchanged(before, after, name)
     return outcome
 
 

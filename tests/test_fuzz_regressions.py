@@ -21,6 +21,7 @@ from xharmonise.errors import (
     InputTypeError,
     InputValueError,
     ModelFileError,
+    NoOverlapError,
     StoreExistsError,
 )
 from xharmonise.simulate import simulate_pair
@@ -106,8 +107,23 @@ def test_nan_coordinates_are_refused(pair):
 
 def test_crs_that_does_not_fit_the_coordinates_is_refused(pair):
     # Was: ValueError: cannot convert float NaN to integer (metres labelled as degrees).
-    with pytest.raises(GridError, match=r"cannot be placed in the reference CRS.*write_crs"):
+    with pytest.raises(GridError, match=r"geographic CRS \(EPSG:4326\) but coordinates.*write_crs"):
         _fit(pair.src.rio.write_crs("EPSG:4326"), pair.ref)
+
+
+def test_mask_layer_with_a_crs_that_does_not_fit_its_coordinates_is_refused(pair):
+    # Was: shapely's ValueError: Points of LinearRing do not form a closed linestring.
+    scl = xr.DataArray(
+        np.arange(48, dtype=np.uint8).reshape(1, 6, 8) % 12,
+        dims=("band", "y", "x"),
+        coords={
+            "y": 4800000.0 - 20.0 * (np.arange(6) + 0.5),
+            "x": 500000.0 + 20.0 * (np.arange(8) + 0.5),
+        },
+        attrs={"_FillValue": 0},
+    ).rio.write_crs("EPSG:4326")  # metres labelled as degrees
+    with pytest.raises(GridError, match=r"the SCL has a geographic CRS.*not degrees"):
+        xharmonise.cloud_mask_from_scl(scl.chunk(), like=pair.ref)
 
 
 def test_huge_fill_values_are_refused_by_fit_and_skipped_by_estimate_shift():
@@ -395,3 +411,19 @@ def test_geographic_mask_layer_lands_on_its_own_grid():
     ).rio.write_crs("EPSG:4326")
     mask = xharmonise.cloud_mask_from_clm(clm, resolution=0.00005)
     assert mask.dims == ("y", "x") and mask.shape == (4, 4)
+
+
+def test_mask_layer_that_misses_like_is_refused(pair):
+    # Was: odc-geo's ValueError (Points of LinearRing do not form a closed linestring)
+    # from a chunked layer 400 km away from like (Web Mercator vs UTM).
+    scl = xr.DataArray(
+        np.arange(48, dtype=np.uint8).reshape(1, 6, 8) % 12,
+        dims=("band", "y", "x"),
+        coords={
+            "y": 4800000.0 - 20.0 * (np.arange(6) + 0.5),
+            "x": 500000.0 + 20.0 * (np.arange(8) + 0.5),
+        },
+        attrs={"_FillValue": 0},
+    ).rio.write_crs("EPSG:3857")
+    with pytest.raises(NoOverlapError, match=r"the SCL and like do not overlap"):
+        xharmonise.cloud_mask_from_scl(scl.chunk(), classes=(8, 9), like=pair.ref)

@@ -350,7 +350,9 @@ def fit(
         High-resolution source (band, y, x) with a CRS, e.g. Pleiades at 2 m; Dask-backed
         inputs are streamed, never loaded whole.
     ref : xarray.DataArray
-        Reference (band, y, x) with a CRS, e.g. Sentinel-2 L2A at 10 m.
+        Reference (band, y, x) with a CRS, e.g. Sentinel-2 L2A at 10 m. Extra dimensions
+        of length 1 (one date of a ``time`` dimension) are dropped from either input; a
+        time series is refused (select one date, e.g. ``ref.isel(time=0)``).
     method : {"linear", "calibnet", "convcalibnet", "bcnet"}
         The mapping to learn.
     variance : bool

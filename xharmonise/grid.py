@@ -126,6 +126,13 @@ def geobox_of(da: xr.DataArray | xr.Dataset, name: str = "input") -> GeoBox:
         )
     x = np.asarray(da["x"].values, dtype=np.float64)
     y = np.asarray(da["y"].values, dtype=np.float64)
+    pcrs = CRS.from_user_input(crs)
+    if pcrs.is_geographic and (np.abs(x).max() > 360 or np.abs(y).max() > 90):
+        raise GridError(
+            f"{name} has a geographic CRS ({pcrs.to_string()}) but coordinates that are not "
+            f"degrees (x {x.min():g} to {x.max():g}, y {y.min():g} to {y.max():g}): set its "
+            "real CRS with da.rio.write_crs(...) (e.g. the UTM zone, for metres)"
+        )
     if x.size > 1 and y.size > 1:
         rx, ry = (x[-1] - x[0]) / (x.size - 1), (y[-1] - y[0]) / (y.size - 1)
     else:
@@ -143,7 +150,7 @@ def geobox_of(da: xr.DataArray | xr.Dataset, name: str = "input") -> GeoBox:
         rx = (x[-1] - x[0]) / (x.size - 1) if x.size > 1 else written.a
         ry = (y[-1] - y[0]) / (y.size - 1) if y.size > 1 else written.e
     transform = Affine(rx, 0, x[0] - rx / 2, 0, ry, y[0] - ry / 2)
-    return GeoBox((da.sizes["y"], da.sizes["x"]), transform, CRS.from_user_input(crs))
+    return GeoBox((da.sizes["y"], da.sizes["x"]), transform, pcrs)
 
 
 def _crs(gbox: GeoBox) -> OdcCRS:

@@ -34,7 +34,7 @@ from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
 from xharmonise.checks import type_name
-from xharmonise.errors import GridError, InputTypeError, InputValueError
+from xharmonise.errors import GridError, InputTypeError, InputValueError, NoOverlapError
 from xharmonise.grid import geobox_of, resolution_of
 
 __all__ = [
@@ -153,6 +153,8 @@ def cloud_mask_from_scl(
     GridError
         ``resolution`` does not divide the SCL's pixel size, ``like`` is coarser than the
         SCL, or a grid is irregular.
+    NoOverlapError
+        ``like`` and the SCL do not overlap.
 
     Examples
     --------
@@ -340,6 +342,14 @@ def _on_grid(
                 "land on (e.g. the 10 m reference), or like=None"
             )
         target = geobox_of(like, "like")
+        # geobox_of raises MissingCRSError for grids without a CRS.
+        assert target.crs is not None, "geobox_of gives grids with a CRS"
+        overlap = src.extent.to_crs(target.crs) & target.extent
+        if overlap.is_empty or overlap.area == 0:
+            raise NoOverlapError(
+                f"{name} and like do not overlap: check that both cover the same place and "
+                "that their CRS are right"
+            )
         ys = np.asarray(like["y"].values, dtype=np.float64)
         xs = np.asarray(like["x"].values, dtype=np.float64)
         # Compare pixel sizes in the mask's CRS units (metres for any S2 product).
