@@ -232,9 +232,13 @@ def test_lazy_and_in_memory_inputs_fit_the_same_model(method):
         for p in (lazy, eager)
     )
     # The same patches and the same training; Dask's chunked reductions and the batch
-    # layout round differently, by float32 ulps that 20 Adam steps do not amplify.
-    xr.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-5)
-    np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=1e-5)
+    # layout round differently, by float32 ulps that 20 Adam steps barely amplify.
+    # Measured largest differences (calibnet; bcnet's are smaller): with 2 torch threads
+    # 9e-7 relative on the metrics, 0 on val_loss, 3e-6 on the weights; with 1 thread (as
+    # under ci/test.sh's two workers) 1.4e-4, 2e-5 and 9e-6. The bounds are 7-10x those;
+    # fitting on other patches moves the metrics by percents.
+    xr.testing.assert_allclose(a.metrics, b.metrics, rtol=1e-3)
+    np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=2e-4)
     for k, v in a.net.state_dict().items():
         np.testing.assert_allclose(v.numpy(), b.net.state_dict()[k].numpy(), atol=1e-4)
     if method == "bcnet":
