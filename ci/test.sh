@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy xharmonise
-# Two workers, one per core, each taking whole files (module fixtures are built once).
-.venv/bin/python -m pytest -n 2 --dist loadfile --durations=25 "$@"
+.venv/bin/python -m pytest --durations=25 "$@"

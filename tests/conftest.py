@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,13 +18,6 @@ import pytest
 from distributed import Client, LocalCluster
 
 from xharmonise.simulate import simulate_pair
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # ci/test.sh runs two pytest-xdist workers on two cores: one torch thread each, or
-    # two intra-op pools of two threads fight over the cores and both run slower.
-    import torch
-
-    torch.set_num_threads(1)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
