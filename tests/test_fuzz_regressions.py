@@ -111,9 +111,9 @@ def test_crs_that_does_not_fit_the_coordinates_is_refused(pair):
         _fit(pair.src.rio.write_crs("EPSG:4326"), pair.ref)
 
 
-def test_mask_layer_with_a_crs_that_does_not_fit_its_coordinates_is_refused(pair):
-    # Was: shapely's ValueError: Points of LinearRing do not form a closed linestring.
-    scl = xr.DataArray(
+def _scl_in_metres(crs: str) -> xr.DataArray:
+    """A 6 x 8 SCL layer whose coordinates are UTM-like metres, labelled with ``crs``."""
+    return xr.DataArray(
         np.arange(48, dtype=np.uint8).reshape(1, 6, 8) % 12,
         dims=("band", "y", "x"),
         coords={
@@ -121,7 +121,12 @@ def test_mask_layer_with_a_crs_that_does_not_fit_its_coordinates_is_refused(pair
             "x": 500000.0 + 20.0 * (np.arange(8) + 0.5),
         },
         attrs={"_FillValue": 0},
-    ).rio.write_crs("EPSG:4326")  # metres labelled as degrees
+    ).rio.write_crs(crs)
+
+
+def test_mask_layer_with_a_crs_that_does_not_fit_its_coordinates_is_refused(pair):
+    # Was: shapely's ValueError: Points of LinearRing do not form a closed linestring.
+    scl = _scl_in_metres("EPSG:4326")  # metres labelled as degrees
     with pytest.raises(GridError, match=r"the SCL has a geographic CRS.*not degrees"):
         xharmonise.cloud_mask_from_scl(scl.chunk(), like=pair.ref)
 
@@ -416,14 +421,6 @@ def test_geographic_mask_layer_lands_on_its_own_grid():
 def test_mask_layer_that_misses_like_is_refused(pair):
     # Was: odc-geo's ValueError (Points of LinearRing do not form a closed linestring)
     # from a chunked layer 400 km away from like (Web Mercator vs UTM).
-    scl = xr.DataArray(
-        np.arange(48, dtype=np.uint8).reshape(1, 6, 8) % 12,
-        dims=("band", "y", "x"),
-        coords={
-            "y": 4800000.0 - 20.0 * (np.arange(6) + 0.5),
-            "x": 500000.0 + 20.0 * (np.arange(8) + 0.5),
-        },
-        attrs={"_FillValue": 0},
-    ).rio.write_crs("EPSG:3857")
+    scl = _scl_in_metres("EPSG:3857")
     with pytest.raises(NoOverlapError, match=r"the SCL and like do not overlap"):
         xharmonise.cloud_mask_from_scl(scl.chunk(), classes=(8, 9), like=pair.ref)
