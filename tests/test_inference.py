@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import torch
 
+from xharmonise import inference
 from xharmonise.harmoniser import Harmoniser
-from xharmonise.inference import PixelKernel, _run_pixels, map_pixels, network_spec
-from xharmonise.models import build_model
+from xharmonise.inference import PixelKernel, _run_pixels, map_pixels
+from xharmonise.models import build_model, network_spec
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -133,9 +132,21 @@ def test_threaded_dask_equals_numpy_and_restores_torch_threads():
     np.testing.assert_array_equal(np.isnan(lazy), np.isnan(map_pixels(img, model)))
 
 
-def test_harmoniser_copy_shares_the_cached_kernel():
-    # Same weights, same digest: a worker builds the kernel once for both.
-    net = build_model("calibnet", 3, seed=5).eval()
-    a = network_spec(net)
-    b = network_spec(dataclasses.replace(_harmoniser(net)).net)
-    assert a["digest"] == b["digest"]
+def test_equal_weights_build_one_kernel_and_new_weights_another():
+    # The worker cache is keyed by the weights' digest: two models holding equal weights
+    # in different network objects share one kernel; changed weights get their own.
+    img = _image(3)
+    net = _trained_like(build_model("calibnet", 3, seed=5)).eval()
+    twin = build_model("calibnet", 3, seed=6).eval()
+    twin.load_state_dict(net.state_dict())
+    other = _trained_like(build_model("calibnet", 3, seed=7)).eval()
+    digests = {network_spec(n)["digest"] for n in (net, twin, other)}
+    assert len(digests) == 2
+    inference._CACHE.clear()
+    first = map_pixels(img, _harmoniser(net))
+    kernels = {k for k in inference._CACHE if k.startswith("kernel:")}
+    np.testing.assert_array_equal(map_pixels(img, _harmoniser(twin)), first)
+    assert {k for k in inference._CACHE if k.startswith("kernel:")} == kernels
+    assert len(kernels) == 1
+    map_pixels(img, _harmoniser(other))
+    assert len({k for k in inference._CACHE if k.startswith("kernel:")}) == 2

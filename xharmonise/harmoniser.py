@@ -260,7 +260,7 @@ class Harmoniser:
             tensors[f"samples.{name}"] = np.ascontiguousarray(values, dtype=np.float32)
         net_config = None
         if self.net is not None:
-            from xharmonise.inference import network_spec
+            from xharmonise.models import network_spec
 
             spec = network_spec(self.net.cpu())
             net_config = spec["config"]

@@ -7,7 +7,6 @@ weights' digest), so neither the graph nor the work grows with weights x chunks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -19,11 +18,12 @@ import dask.array as da
 import numpy as np
 
 from xharmonise.models.linear import apply_linear
+from xharmonise.models.registry import method as method_spec
 
 if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
 
-__all__ = ["PixelKernel", "map_pixels", "network_spec"]
+__all__ = ["PixelKernel", "map_pixels"]
 
 # Pixels per tile of the CalibNet kernel, chosen by measurement (benchmarks/inference.py,
 # 2-core AVX-512 VM): 1024-2048 beat 4096-16384 by 10-25 %, as a tile's two 320-wide
@@ -34,38 +34,6 @@ _GPU_TILE = 65536
 
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.RLock()  # re-entrant: the kernel builds the network
-
-
-def network_spec(net: Any) -> dict[str, Any]:
-    """JSON-able config + NumPy weights of a network: what a worker needs to rebuild it.
-
-    The ``digest`` (SHA-256 of the weights) keys each worker's cache of rebuilt networks.
-
-    Examples
-    --------
-    >>> from xharmonise.models import build_model
-    >>> spec = network_spec(build_model("calibnet", 4, seed=0))
-    >>> sorted(spec), spec["config"]["method"]
-    (['config', 'digest', 'state'], 'calibnet')
-    >>> network_spec(build_model("calibnet", 4, seed=0))["digest"] == spec["digest"]
-    True
-    """
-    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-    digest = hashlib.sha256()
-    for k in sorted(state):
-        digest.update(k.encode())
-        digest.update(np.ascontiguousarray(state[k]).tobytes())
-    return {"config": net.config(), "state": state, "digest": digest.hexdigest()}
-
-
-def _build_network(spec: dict[str, Any]) -> Any:
-    import torch
-
-    from xharmonise.models import build_model
-
-    net = build_model(**spec["config"])
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in spec["state"].items()})
-    return net.eval()
 
 
 def _cached(spec: dict[str, Any], kind: str, build: Any) -> Any:
@@ -81,7 +49,9 @@ def _cached(spec: dict[str, Any], kind: str, build: Any) -> Any:
 
 
 def _network(spec: dict[str, Any]) -> Any:
-    return _cached(spec, "net", _build_network)
+    from xharmonise.models import network_from_spec
+
+    return _cached(spec, "net", network_from_spec)
 
 
 class PixelKernel:
@@ -363,12 +333,14 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
     # Each runner takes its own kind of parameters: coefficients or a network spec.
     fn: Callable[[np.ndarray, Any, int], np.ndarray]
     param: Any
+    spec = method_spec(model.method)
     if model.net is None:
         fn, param, halo = _run_linear, np.asarray(model.linear, dtype=np.float32), 0
-    elif model.method == "convcalibnet":
-        fn, param, halo = _run_conv, network_spec(model.net), int(model.net.receptive_radius)
     else:
-        fn, param, halo = _run_pixels, network_spec(model.net.pixelwise()), 0
+        from xharmonise.models import network_spec
+
+        fn = _run_conv if spec.halo else _run_pixels
+        param, halo = network_spec(spec.inference_network(model.net)), spec.halo
 
     if not isinstance(data, da.Array):
         return fn(np.asarray(data), param, n)

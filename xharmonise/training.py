@@ -8,27 +8,8 @@ early stopping on a validation plateau), which reaches almost the same validatio
 a couple of minutes. Every default is a field of ``TrainingConfig``; every field can be
 overridden by the matching ``train`` argument.
 
-Measurement behind ``CPU_BUDGETS``: ``benchmarks/paper_table.py --quality`` on a simulated
-2000 x 2000 px TOA pair mis-registered by (3, -2) m (2-core VM, torch 2.13 CPU, idle; the
-whole ``fit``, sampling and metrics included; calibnet's pair was lazy, so its time also
-counts simulating it). The reference is the same schedule stretched to 4x the steps and
-never stopped early:
-
-============  ============  ===============  =============  ===============  ======
-method        default fit   best val loss    4x fit         4x val loss      gap
-============  ============  ===============  =============  ===============  ======
-calibnet      75 s          0.04752          282 s          0.04741          +0.2 %
-convcalibnet  108 s         0.01900          423 s          0.01838          +3.4 %
-bcnet         128 s         0.01710          517 s          0.01665          +2.7 %
-============  ============  ===============  =============  ===============  ======
-
-The first budgets (3000 steps at a peak rate of 1e-3) missed 5 %: ConvCalibNet with
-16-patch steps by 13.6 % (101 s), BCNet by 5.5 % (167 s on the lazy pair). At equal time,
-8-patch steps at 2e-3 reach a lower loss for ConvCalibNet (4-patch steps do not); BCNet
-stops early at 1.5e-3 and above, so it keeps 1e-3 and gets 600 more steps and half the
-validations.
-Running other CPU-heavy processes at the same time slows PyTorch's threads down by up to
-10x.
+The budgets and the measurement behind the CPU ones are in
+:mod:`xharmonise.models.budget`; each method declares its own in the registry.
 """
 
 from __future__ import annotations
@@ -46,6 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xharmonise.losses import loss_function
+from xharmonise.models.budget import PAPER_RECIPE, TrainingConfig
+from xharmonise.models.registry import METHODS
+from xharmonise.models.registry import method as method_spec
 
 __all__ = [
     "CPU_BUDGETS",
@@ -106,78 +90,9 @@ class PatchSet:
         return int(self.src.shape[1])
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """A complete training budget and optimiser schedule.
-
-    Parameters
-    ----------
-    iterations : int
-        Maximum number of optimiser steps.
-    batch_size : int
-        Patches per step (ConvCalibNet, BCNet).
-    pixels_per_step : int or None
-        CalibNet only: random pixels per step, drawn from all training patches; None
-        means ``batch_size * h * w`` (the paper's batch of whole patches, reshuffled).
-    lr : float
-        Peak Adam learning rate.
-    final_lr_fraction : float
-        The learning rate follows a cosine from ``lr`` down to ``lr * final_lr_fraction``
-        at ``iterations``; 1.0 keeps it constant (paper).
-    eval_every : int
-        Steps between two evaluations on the whole validation set.
-    patience : int
-        Stop after this many evaluations without a relative improvement of at least
-        ``min_rel_improvement`` over the best validation loss; 0 disables early stopping.
-    min_rel_improvement : float
-        Relative decrease of the best validation loss that resets the patience counter.
-    """
-
-    iterations: int
-    batch_size: int
-    pixels_per_step: int | None
-    lr: float
-    final_lr_fraction: float
-    eval_every: int
-    patience: int
-    min_rel_improvement: float
-
-
-#: The paper's recipe, used on CUDA: 5000 steps of Adam at 2e-4 on 100-patch batches.
-PAPER_RECIPE = TrainingConfig(
-    iterations=5000,
-    batch_size=100,
-    pixels_per_step=None,
-    lr=2e-4,
-    final_lr_fraction=1.0,
-    eval_every=100,
-    patience=20,
-    min_rel_improvement=0.0,
-)
-
-#: CPU budgets per method. One step costs ~7 µs per reference pixel for CalibNet and
-#: ~2 µs per pixel for ConvCalibNet on a 2-core VM, so 4096 pixels (CalibNet, BCNet) or
-#: 8 patches (ConvCalibNet) per step keep a step near 20-30 ms, and the steps plus
-#: evaluations stay under ~2 minutes. The higher peak rate with cosine decay compensates
-#: for the much smaller batches; see the module docstring for the measurement.
-_CPU_SCHEDULE = TrainingConfig(
-    iterations=3000,
-    batch_size=4,
-    pixels_per_step=None,
-    lr=1e-3,
-    final_lr_fraction=0.02,
-    eval_every=150,
-    patience=5,
-    min_rel_improvement=1e-3,
-)
+#: CPU budgets per neural method, as the registry declares them.
 CPU_BUDGETS: dict[str, TrainingConfig] = {
-    "calibnet": replace(_CPU_SCHEDULE, pixels_per_step=4096),
-    # Small batches, many steps: a step of 8 patches costs ~17 ms, of 16 ~32 ms and of 32
-    # ~86 ms (cache effects), and at equal time more, smaller steps reach a lower loss.
-    "convcalibnet": replace(_CPU_SCHEDULE, batch_size=8, iterations=6000, lr=2e-3, eval_every=300),
-    # BCNet diverges from its filters' Gaussian start at higher rates (1.5e-3 and 2e-3
-    # stopped early, 10-25 % worse); fewer validations buy it 600 more steps instead.
-    "bcnet": replace(_CPU_SCHEDULE, iterations=3600, eval_every=300),
+    m.name: m.cpu_budget for m in METHODS.values() if m.cpu_budget is not None
 }
 
 
@@ -194,7 +109,7 @@ def default_budget(device: str | torch.device, method: str) -> TrainingConfig:
     Returns
     -------
     TrainingConfig
-        ``PAPER_RECIPE`` on CUDA, ``CPU_BUDGETS[method]`` otherwise.
+        The method's GPU budget on CUDA (the paper's recipe), its CPU budget otherwise.
 
     Examples
     --------
@@ -203,11 +118,7 @@ def default_budget(device: str | torch.device, method: str) -> TrainingConfig:
     """
     # Only "auto" needs resolving: asking for the CUDA budget must work without a GPU.
     dev = resolve_device(device) if device == "auto" else torch.device(device)
-    if dev.type == "cuda":
-        return PAPER_RECIPE
-    if method not in CPU_BUDGETS:
-        raise ValueError(f"no CPU budget for method {method!r}; known: {', '.join(CPU_BUDGETS)}")
-    return CPU_BUDGETS[method]
+    return method_spec(method).budget(dev.type)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -477,7 +388,7 @@ def _check_data(net: nn.Module, data: PatchSet, name: str) -> None:
     if len(data) == 0:
         raise ValueError(f"{name} set is empty")
     h, w = data.ref.shape[2:]
-    if getattr(net, "method", None) == "bcnet":
+    if method_spec(getattr(net, "method", None)).trains_on == "full_patches":
         factor, margin = net.factor, net.margin
         # BCNet keeps both as int; torch types module attributes as tensors or modules.
         assert isinstance(factor, int) and isinstance(margin, int)
@@ -534,9 +445,9 @@ def _batches(
     dev: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     src, ref = _as_tensor(data.src), _as_tensor(data.ref)
-    if getattr(net, "method", None) == "calibnet":
+    if method_spec(getattr(net, "method", None)).trains_on == "pixels":
         c = data.n_bands
-        # CalibNet is per pixel: pool every pixel of every patch and reshuffle them.
+        # Pixelwise models (CalibNet): pool every pixel of every patch and reshuffle them.
         src = src.permute(0, 2, 3, 1).reshape(-1, c)
         ref = ref.permute(0, 2, 3, 1).reshape(-1, c)
         size = int(cfg.pixels_per_step or 1)

@@ -8,16 +8,20 @@ rebuilt from the JSON-able ``net.config()`` with ``build_model(**config)``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from xharmonise.models.bcnet import BCNet, filter_shift
 from xharmonise.models.calibnet import HIDDEN_UNITS, CalibNet
 from xharmonise.models.convcalibnet import HIDDEN_CHANNELS, ConvCalibNet
+from xharmonise.models.registry import METHODS
+from xharmonise.models.registry import method as method_spec
 from xharmonise.models.variance import VARIANCE_EPS, positive_variance
-from xharmonise.psf import kernel_margin
 
 __all__ = [
     "BCNET_EXTRA_MARGIN",
@@ -28,14 +32,16 @@ __all__ = [
     "ConvCalibNet",
     "build_model",
     "filter_shift",
+    "network_from_spec",
+    "network_spec",
     "positive_variance",
 ]
 
-#: Methods ``build_model`` knows.
-NEURAL_METHODS: tuple[str, ...] = ("calibnet", "convcalibnet", "bcnet")
+#: Methods ``build_model`` knows: the registry's neural ones.
+NEURAL_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.neural)
 
 #: Source pixels added to BCNet's ±3σ kernel support so that its filter can move.
-BCNET_EXTRA_MARGIN: int = 2
+BCNET_EXTRA_MARGIN: int = method_spec("bcnet").filter_extra or 0
 
 
 def build_model(
@@ -115,7 +121,7 @@ def _build(
         if sigmas is None:
             raise ValueError("bcnet needs the per-band PSF sigmas")
         if margin is None:
-            margin = kernel_margin(max(sigmas), factor, extra=BCNET_EXTRA_MARGIN)
+            margin = method_spec("bcnet").filter_margin(sigmas, factor)
         return BCNet(
             n_bands,
             sigmas,
@@ -125,3 +131,40 @@ def _build(
             hidden=hidden or HIDDEN_UNITS,
         )
     raise ValueError(f"unknown method {method!r}; known: {', '.join(NEURAL_METHODS)}")
+
+
+def network_spec(net: nn.Module) -> dict[str, Any]:
+    """JSON-able config + NumPy weights of a network: what is needed to rebuild it.
+
+    The ``digest`` (SHA-256 of the weights) keys the inference workers' caches of rebuilt
+    networks.
+
+    Examples
+    --------
+    >>> spec = network_spec(build_model("calibnet", 4, seed=0))
+    >>> sorted(spec), spec["config"]["method"]
+    (['config', 'digest', 'state'], 'calibnet')
+    >>> network_spec(build_model("calibnet", 4, seed=0))["digest"] == spec["digest"]
+    True
+    """
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    digest = hashlib.sha256()
+    for k in sorted(state):
+        digest.update(k.encode())
+        digest.update(np.ascontiguousarray(state[k]).tobytes())
+    return {"config": net.config(), "state": state, "digest": digest.hexdigest()}
+
+
+def network_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild a network, in eval mode, from :func:`network_spec`'s config and weights.
+
+    Examples
+    --------
+    >>> net = build_model("calibnet", 4, seed=0)
+    >>> again = network_from_spec(network_spec(net))
+    >>> network_spec(again)["digest"] == network_spec(net)["digest"]
+    True
+    """
+    net = build_model(**spec["config"])
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in spec["state"].items()})
+    return net.eval()
