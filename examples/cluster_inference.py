@@ -26,7 +26,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 import xharmonise
-from xharmonise.api import METHODS
+from xharmonise.models import METHODS
 from xharmonise.simulate import simulate_pair
 
 
@@ -106,7 +106,7 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=2000, help="source side, 2 m pixels")
     parser.add_argument("--out", default=None, help="output Zarr store (default: a temp dir)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--method", default="linear", choices=METHODS)
+    parser.add_argument("--method", default="linear", choices=list(METHODS))
     parser.add_argument(
         "--iterations", type=int, default=100, help="training budget of neural methods"
     )

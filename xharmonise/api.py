@@ -16,23 +16,21 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xharmonise import checks, psf, sampling
+from xharmonise import arguments, checks, psf, sampling
 from xharmonise import grid as _grid
 from xharmonise.coregister import ShiftEstimate, estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
     CoregistrationError,
     DetailLossWarning,
-    DimensionError,
     GridError,
-    InputTypeError,
     InputValueError,
-    UnknownMethodError,
 )
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.metrics import metric_table
 from xharmonise.models.linear import apply_linear, fit_linear
+from xharmonise.models.registry import MethodName
 from xharmonise.scaling import (
     as_band_array,
     band_names,
@@ -40,9 +38,7 @@ from xharmonise.scaling import (
     to_reflectance,
 )
 
-__all__ = ["METHODS", "estimate_shift", "fit", "predict"]
-
-METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
+__all__ = ["estimate_shift", "fit", "predict"]
 
 # MTF assumed for reference bands whose name is not a Sentinel-2 band: close to the mean
 # of the 10 m bands, the closest guess for an unknown ~10 m sensor.
@@ -95,33 +91,6 @@ def _pair_bands(
         [s for s, _ in pairs],
         [r for _, r in pairs],
     )
-
-
-def _check_mask(mask: Any) -> xr.DataArray | None:
-    """``mask=`` as a (y, x) DataArray of booleans or numbers, or an error naming the fix."""
-    if mask is None:
-        return None
-    if not isinstance(mask, xr.DataArray):
-        raise InputTypeError(
-            f"the mask is a {checks.type_name(mask)}: pass an xarray.DataArray (y, x) on the "
-            "reference grid, True or 1 = cloud (e.g. from xharmonise.cloud_mask_from_scl)"
-        )
-    if mask.dtype.kind not in "iufb":
-        raise InputTypeError(
-            f"the mask holds {mask.dtype} values: give booleans or numbers, True or 1 = cloud"
-        )
-    if "band" in mask.dims and mask.sizes["band"] > 1:
-        mask = mask.any("band")
-    single = [d for d in mask.dims if d not in ("y", "x") and mask.sizes[d] == 1]
-    mask = mask.isel({d: 0 for d in single}, drop=True)
-    if mask.dims != ("y", "x"):
-        fix = (
-            "transpose it with mask.transpose('y', 'x')"
-            if set(mask.dims) == {"y", "x"}
-            else "give a (y, x) mask on the reference grid (one date: mask.isel(time=0))"
-        )
-        raise DimensionError(f"the mask has dims {mask.dims}: {fix}")
-    return mask
 
 
 def _crop_mask(mask: xr.DataArray, ref: xr.DataArray, g: _grid.PairGrid) -> xr.DataArray:
@@ -216,16 +185,6 @@ def _estimate(
     )
 
 
-def _check_shift_options(
-    window: Any, max_windows: Any, max_shift: Any, min_windows: Any, seed: Any
-) -> None:
-    checks.integer(window, "window", minimum=2, optional=True)
-    checks.integer(max_windows, "max_windows", minimum=1)
-    checks.real(max_shift, "max_shift", minimum=0, above_minimum=True)
-    checks.integer(min_windows, "min_windows", minimum=1)
-    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
-
-
 def estimate_shift(
     src: xr.DataArray | xr.Dataset,
     ref: xr.DataArray | xr.Dataset,
@@ -304,8 +263,14 @@ def estimate_shift(
     >>> round(est.east), round(est.north)
     (4, -3)
     """
-    _check_shift_options(window, max_windows, max_shift, min_windows, seed)
-    mask = _check_mask(mask)
+    arguments.shift_options(
+        window=window,
+        max_windows=max_windows,
+        max_shift=max_shift,
+        min_windows=min_windows,
+        seed=seed,
+    )
+    mask = arguments.mask(mask)
     _, src_r, ref_r, _, ref_names, _, _ = _prepare(src, ref, scale, offset, bands)
     g = _grid.pair_grid(src_r, ref_r)
     return _estimate(
@@ -326,7 +291,7 @@ def fit(
     src: xr.DataArray | xr.Dataset,
     ref: xr.DataArray | xr.Dataset,
     *,
-    method: str = "calibnet",
+    method: MethodName = "calibnet",
     variance: bool = False,
     mask: xr.DataArray | None = None,
     bands: Mapping[str, str] | Sequence[str] | None = None,
@@ -415,25 +380,20 @@ def fit(
     >>> model.method, model.factor
     ('linear', 5)
     """
-    if not isinstance(method, str) or method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    checks.flag(variance, "variance")
-    checks.integer(iterations, "iterations", minimum=1, optional=True)
-    checks.integer(batch_size, "batch_size", minimum=1, optional=True)
-    checks.integer(patch_size, "patch_size", minimum=1)
-    if method != "linear" and batch_size is not None and batch_size * patch_size**2 < 2:
-        raise InputValueError(
-            f"batch_size={batch_size} with patch_size={patch_size} makes training steps of "
-            "one pixel, which batch normalisation cannot use: raise batch_size or patch_size"
-        )
-    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
-    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
-    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
-    checks.device(device)
-    checks.flag(progress, "progress")
-    if not isinstance(coregister, ShiftEstimate):
-        checks.flag(coregister, "coregister")
-    mask = _check_mask(mask)
+    arguments.fit_options(
+        method=method,
+        variance=variance,
+        iterations=iterations,
+        batch_size=batch_size,
+        patch_size=patch_size,
+        test_fraction=test_fraction,
+        max_patches=max_patches,
+        seed=seed,
+        device=device,
+        progress=progress,
+        coregister=coregister,
+    )
+    mask = arguments.mask(mask)
     src_da, src_r, ref_r, src_names, ref_names, src_scale, src_offset = _prepare(
         src, ref, scale, offset, bands
     )
@@ -649,7 +609,7 @@ def predict(
     src: xr.DataArray | xr.Dataset,
     model: Harmoniser,
     *,
-    variance: bool = True,
+    with_variance: bool = True,
     scale: float | None = None,
     offset: float | None = None,
 ) -> xr.Dataset:
@@ -661,8 +621,9 @@ def predict(
         Source (band, y, x) with the bands the model was trained on.
     model : Harmoniser
         From :func:`fit` or :func:`xharmonise.load`.
-    variance : bool
-        Include the ``variance`` variable (models with a variance head only).
+    with_variance : bool
+        Include the ``variance`` variable when the model has a variance head (trained with
+        ``fit(..., variance=True)``); False leaves it out of the output.
     scale, offset : float, optional
         Reflectance = DN x scale + offset for an integer ``src`` without
         ``scale_factor``/``add_offset`` attributes; by default those the model was trained
@@ -695,14 +656,7 @@ def predict(
     >>> round(float(shifted.src.x[0] - out.x[0]))
     4
     """
-    if not isinstance(model, Harmoniser):
-        raise InputTypeError(
-            f"model is a {checks.type_name(model)}: pass a Harmoniser from xharmonise.fit, or "
-            "read a saved one with xharmonise.load(path)"
-        )
-    checks.flag(variance, "variance")
-    checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
-    checks.real(offset, "offset", optional=True)
+    arguments.predict_options(model, with_variance=with_variance, scale=scale, offset=offset)
     src_da = as_band_array(src, "the source")
     names = band_names(src_da)
     if len(names) != model.n_bands:
@@ -736,7 +690,7 @@ def predict(
         {"prediction": (("band", "y", "x"), out[:n])},
         coords=coords,
     )
-    if variance and model.variance:
+    if with_variance and model.variance:
         ds["variance"] = (("band", "y", "x"), out[n:])
     ds["prediction"].attrs.update(long_name="harmonised reflectance", units="1")
     if "variance" in ds:

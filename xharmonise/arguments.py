@@ -1,0 +1,119 @@
+"""The public functions' arguments, checked before any work: one function per entry point.
+
+``fit``, ``predict`` and ``estimate_shift`` call these first, so that a bad option or a
+mask of the wrong kind is refused with a message naming it and its fix before any pixel is
+read, sampled or trained on. The single-value checks they are made of live in
+:mod:`xharmonise.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+from xharmonise import checks
+from xharmonise.coregister import ShiftEstimate
+from xharmonise.errors import DimensionError, InputTypeError, InputValueError
+from xharmonise.harmoniser import Harmoniser
+from xharmonise.models.registry import method as method_spec
+
+__all__ = ["fit_options", "mask", "predict_options", "shift_options"]
+
+
+def fit_options(
+    *,
+    method: Any,
+    variance: Any,
+    iterations: Any,
+    batch_size: Any,
+    patch_size: Any,
+    test_fraction: Any,
+    max_patches: Any,
+    seed: Any,
+    device: Any,
+    progress: Any,
+    coregister: Any,
+) -> None:
+    """Refuse any of ``fit``'s options that is of the wrong type or beyond its limits.
+
+    Examples
+    --------
+    >>> fit_options(method="calibnet", variance=False, iterations=None, batch_size=None,
+    ...             patch_size=0, test_fraction=0.1, max_patches=None, seed=0,
+    ...             device="cpu", progress=True, coregister=False)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: patch_size=0 is below its minimum ...
+    """
+    spec = method_spec(method)
+    checks.flag(variance, "variance")
+    checks.integer(iterations, "iterations", minimum=1, optional=True)
+    checks.integer(batch_size, "batch_size", minimum=1, optional=True)
+    checks.integer(patch_size, "patch_size", minimum=1)
+    if spec.neural and batch_size is not None and batch_size * patch_size**2 < 2:
+        raise InputValueError(
+            f"batch_size={batch_size} with patch_size={patch_size} makes training steps of "
+            "one pixel, which batch normalisation cannot use: raise batch_size or patch_size"
+        )
+    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
+    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
+    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
+    checks.device(device)
+    checks.flag(progress, "progress")
+    if not isinstance(coregister, ShiftEstimate):
+        checks.flag(coregister, "coregister")
+
+
+def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) -> None:
+    """Refuse a ``model`` that is no :class:`~xharmonise.Harmoniser`, or a bad option of
+    ``predict``."""
+    if not isinstance(model, Harmoniser):
+        raise InputTypeError(
+            f"model is a {checks.type_name(model)}: pass a Harmoniser from xharmonise.fit, or "
+            "read a saved one with xharmonise.load(path)"
+        )
+    checks.flag(with_variance, "with_variance")
+    checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
+    checks.real(offset, "offset", optional=True)
+
+
+def shift_options(
+    *, window: Any, max_windows: Any, max_shift: Any, min_windows: Any, seed: Any
+) -> None:
+    """Refuse a bad option of ``estimate_shift``."""
+    checks.integer(window, "window", minimum=2, optional=True)
+    checks.integer(max_windows, "max_windows", minimum=1)
+    checks.real(max_shift, "max_shift", minimum=0, above_minimum=True)
+    checks.integer(min_windows, "min_windows", minimum=1)
+    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
+
+
+def mask(value: Any) -> xr.DataArray | None:
+    """``mask=`` as a (y, x) DataArray of booleans or numbers, or an error naming the fix.
+
+    Only the mask's type, dtype and dims are looked at: no value is read.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, xr.DataArray):
+        raise InputTypeError(
+            f"the mask is a {checks.type_name(value)}: pass an xarray.DataArray (y, x) on the "
+            "reference grid, True or 1 = cloud (e.g. from xharmonise.cloud_mask_from_scl)"
+        )
+    if value.dtype.kind not in "iufb":
+        raise InputTypeError(
+            f"the mask holds {value.dtype} values: give booleans or numbers, True or 1 = cloud"
+        )
+    if "band" in value.dims and value.sizes["band"] > 1:
+        value = value.any("band")
+    single = [d for d in value.dims if d not in ("y", "x") and value.sizes[d] == 1]
+    value = value.isel({d: 0 for d in single}, drop=True)
+    if value.dims != ("y", "x"):
+        fix = (
+            "transpose it with mask.transpose('y', 'x')"
+            if set(value.dims) == {"y", "x"}
+            else "give a (y, x) mask on the reference grid (one date: mask.isel(time=0))"
+        )
+        raise DimensionError(f"the mask has dims {value.dims}: {fix}")
+    return value
