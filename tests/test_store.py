@@ -1,14 +1,19 @@
+import inspect
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import dask
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (.rio on the reopened store)
 import xarray as xr
 import zarr
 from conftest import FailAfter
+from distributed import Client
 
 import xharmonise
 from xharmonise.errors import StoreExistsError
@@ -226,17 +231,40 @@ def test_resume_refuses_another_layout(small_prediction, tmp_path):
 # --- Progress and description ----------------------------------------------------------
 
 
-def test_progress_bar_goes_to_stderr_only_when_asked(small_prediction, tmp_path, capfd):
+@contextmanager
+def _scheduler(kind: str) -> Iterator[None]:
+    """The synchronous local scheduler, or a real in-process ``distributed`` client."""
+    if kind == "local":
+        yield
+        return
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c,
+        dask.config.set(scheduler=c),
+    ):
+        yield
+
+
+@pytest.mark.parametrize("kind", ["local", "distributed"])
+def test_progress_bar_by_default_on_stderr_and_silence_when_false(
+    small_prediction, tmp_path, capfd, kind
+):
     _, out = small_prediction
-    xharmonise.to_zarr(out, tmp_path / "quiet.zarr")
-    assert capfd.readouterr() == ("", "")
-    xharmonise.to_zarr(out, tmp_path / "loud.zarr", progress=True)
-    captured = capfd.readouterr()
+    assert inspect.signature(xharmonise.to_zarr).parameters["progress"].default is True
+    # fit's default too: both are long operations a notebook user wants to watch.
+    assert inspect.signature(xharmonise.fit).parameters["progress"].default is True
+    with _scheduler(kind):
+        capfd.readouterr()
+        xharmonise.to_zarr(out, tmp_path / "quiet.zarr", progress=False)
+        assert capfd.readouterr() == ("", "")
+        xharmonise.to_zarr(out, tmp_path / "loud.zarr")
+        captured = capfd.readouterr()
     assert captured.out == ""  # stdout stays for results
-    assert "100% Completed" in captured.err
-    np.testing.assert_array_equal(
-        xr.open_zarr(tmp_path / "loud.zarr")["prediction"].values, out["prediction"].values
-    )
+    # Dask's local ProgressBar and distributed's text bar both end on a full bar.
+    assert "100%" in captured.err
+    for name in ("quiet.zarr", "loud.zarr"):
+        np.testing.assert_array_equal(
+            xr.open_zarr(tmp_path / name)["prediction"].values, out["prediction"].values
+        )
 
 
 def test_describe_complete_store(small_prediction, tmp_path):

@@ -1,5 +1,7 @@
 """xharmonise: harmonise high-resolution reflectances with Sentinel-2, lazily and at scale."""
 
+from importlib.metadata import version as _version
+
 from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonise)
 from xharmonise.api import estimate_shift, fit, predict
 from xharmonise.coregister import ShiftEstimate
@@ -22,6 +24,9 @@ from xharmonise.errors import (
 from xharmonise.harmoniser import Harmoniser, load
 from xharmonise.masks import cloud_mask_from_clm, cloud_mask_from_scl
 from xharmonise.store import to_zarr
+
+# The installed distribution's version: pyproject.toml is its one source.
+__version__ = _version("xharmonise")
 
 __all__ = [
     "BandMismatchError",

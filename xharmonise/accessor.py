@@ -1,22 +1,50 @@
-"""The ``.harmonise`` accessor on DataArray and Dataset: it forwards to :mod:`xharmonise.api`."""
+"""The ``.harmonise`` accessor on DataArray and Dataset: it forwards to :mod:`xharmonise.api`.
+
+Each method spells out the parameters of its free function (names, defaults and
+annotations; ``tests/test_accessor.py`` keeps them in step), so that ``help()``, IDEs and
+type checkers see them, and forwards every one by name. The free functions check the
+arguments and carry the documentation.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 import xarray as xr
 
 from xharmonise import api
 from xharmonise.coregister import ShiftEstimate
 from xharmonise.harmoniser import Harmoniser
+from xharmonise.models.registry import MethodName
 
 
 class _HarmoniseAccessor:
     def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
         self._obj = obj
 
-    def fit(self, ref: xr.DataArray | xr.Dataset, **kwargs: Any) -> Harmoniser:
-        """Forward to :func:`xharmonise.fit` with this object as the source.
+    def fit(
+        self,
+        ref: xr.DataArray | xr.Dataset,
+        *,
+        method: MethodName = "calibnet",
+        variance: bool = False,
+        mask: xr.DataArray | None = None,
+        bands: Mapping[str, str] | Sequence[str] | None = None,
+        scale: float | tuple[float | None, float | None] | None = None,
+        offset: float | tuple[float | None, float | None] | None = None,
+        iterations: int | None = None,
+        batch_size: int | None = None,
+        patch_size: int = 32,
+        test_fraction: float = 0.1,
+        max_patches: int | None = None,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+        coregister: bool | ShiftEstimate = False,
+    ) -> Harmoniser:
+        """:func:`xharmonise.fit` with this object as the source ``src``.
+
+        The parameters are :func:`xharmonise.fit`'s; see it for their meaning.
 
         Examples
         --------
@@ -26,10 +54,43 @@ class _HarmoniseAccessor:
         >>> pair.src.harmonise.fit(pair.ref, method="linear", patch_size=8).method
         'linear'
         """
-        return api.fit(self._obj, ref, **kwargs)
+        return api.fit(
+            self._obj,
+            ref,
+            method=method,
+            variance=variance,
+            mask=mask,
+            bands=bands,
+            scale=scale,
+            offset=offset,
+            iterations=iterations,
+            batch_size=batch_size,
+            patch_size=patch_size,
+            test_fraction=test_fraction,
+            max_patches=max_patches,
+            seed=seed,
+            device=device,
+            progress=progress,
+            coregister=coregister,
+        )
 
-    def estimate_shift(self, ref: xr.DataArray | xr.Dataset, **kwargs: Any) -> ShiftEstimate:
-        """Forward to :func:`xharmonise.estimate_shift` with this object as the source.
+    def estimate_shift(
+        self,
+        ref: xr.DataArray | xr.Dataset,
+        *,
+        mask: xr.DataArray | None = None,
+        bands: Mapping[str, str] | Sequence[str] | None = None,
+        scale: float | tuple[float | None, float | None] | None = None,
+        offset: float | tuple[float | None, float | None] | None = None,
+        window: int | None = None,
+        max_windows: int = 64,
+        max_shift: float = 4.0,
+        min_windows: int = 3,
+        seed: int = 0,
+    ) -> ShiftEstimate:
+        """:func:`xharmonise.estimate_shift` with this object as the source ``src``.
+
+        The parameters are :func:`xharmonise.estimate_shift`'s; see it for their meaning.
 
         Examples
         --------
@@ -40,10 +101,31 @@ class _HarmoniseAccessor:
         >>> round(est.east), round(est.north)
         (4, -2)
         """
-        return api.estimate_shift(self._obj, ref, **kwargs)
+        return api.estimate_shift(
+            self._obj,
+            ref,
+            mask=mask,
+            bands=bands,
+            scale=scale,
+            offset=offset,
+            window=window,
+            max_windows=max_windows,
+            max_shift=max_shift,
+            min_windows=min_windows,
+            seed=seed,
+        )
 
-    def predict(self, model: Harmoniser, **kwargs: Any) -> xr.Dataset:
-        """Forward to :func:`xharmonise.predict` with this object as the source.
+    def predict(
+        self,
+        model: Harmoniser,
+        *,
+        with_variance: bool = True,
+        scale: float | None = None,
+        offset: float | None = None,
+    ) -> xr.Dataset:
+        """:func:`xharmonise.predict` with this object as the source ``src``.
+
+        The parameters are :func:`xharmonise.predict`'s; see it for their meaning.
 
         Examples
         --------
@@ -54,7 +136,9 @@ class _HarmoniseAccessor:
         >>> pair.src.harmonise.predict(model)["prediction"].shape
         (4, 200, 200)
         """
-        return api.predict(self._obj, model, **kwargs)
+        return api.predict(
+            self._obj, model, with_variance=with_variance, scale=scale, offset=offset
+        )
 
 
 xr.register_dataarray_accessor("harmonise")(_HarmoniseAccessor)

@@ -22,7 +22,7 @@ from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import fsspec
@@ -426,13 +426,13 @@ def to_zarr(
     ds: xr.Dataset,
     store: str | os.PathLike[str],
     *,
-    mode: str = "w-",
+    mode: Literal["w-", "w"] = "w-",
     resume: bool = False,
     storage_options: dict[str, Any] | None = None,
     inner_chunks: int = _DEFAULT_INNER,
     compression_level: int = 3,
     compute: bool = True,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Any:
     """Write a Dataset to a sharded, zstd-compressed, consolidated Zarr v3 store.
 
@@ -471,7 +471,8 @@ def to_zarr(
     progress : bool
         Show a progress bar on stderr while writing (``compute=True`` only): Dask's
         ``ProgressBar`` on local schedulers, ``distributed.progress`` when the active
-        scheduler is a ``distributed`` client.
+        scheduler is a ``distributed`` client. On by default, like :func:`xharmonise.fit`'s:
+        both are long operations one wants to watch; False prints nothing.
 
     Returns
     -------
@@ -534,9 +535,7 @@ def to_zarr(
         with _quiet_zarr():
             # Metadata and loaded variables now; the returned delayed data write is
             # replaced by the region tasks below.
-            # xarray's overloads want `mode` as a Literal (checked above) and
-            # storage_options as dict[str, str], though fsspec takes any value.
-            ds.to_zarr(  # type: ignore[call-overload]
+            ds.to_zarr(
                 store,
                 mode=mode,
                 zarr_format=3,
