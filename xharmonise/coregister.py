@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
@@ -42,6 +41,7 @@ from scipy import fft, ndimage
 
 from xharmonise import psf
 from xharmonise.errors import CoregistrationError
+from xharmonise.records import ShiftEstimate
 
 __all__ = ["ShiftEstimate", "estimate_on_grid"]
 
@@ -77,129 +77,6 @@ _TARGET_WINDOWS = 16
 _MAX_CORRELATION = 0.995
 # Median of the distance to the centre of a 2-D Gaussian, in units of its per-axis sigma.
 _RAYLEIGH_MEDIAN = math.sqrt(2 * math.log(2))
-
-
-@dataclass(frozen=True, eq=False)
-class ShiftEstimate:
-    """A measured shift of the source relative to the reference, with its evidence.
-
-    Attributes
-    ----------
-    east, north : float
-        Displacement of the source content relative to the reference, CRS units (metres),
-        east and north positive.
-    pixel_size : float
-        Reference pixel size, CRS units.
-    confidence : float
-        Share (0-1) of the measured windows that agree with the result (within three
-        robust standard deviations, and never less than 0.1 reference pixel): near 1 on a
-        clean pair, lower when clouds or changes make windows disagree.
-    std_error : float
-        Standard error of the shift (radial), CRS units.
-    bands : dict
-        Per-band shift ``{band: (east, north)}`` in CRS units, averaged over the windows
-        that agree.
-    windows : pandas.DataFrame
-        One row per window examined: its position (``row``, ``col`` in the overlap's
-        reference grid; ``x``, ``y`` of its centre), ``status`` (``inlier``, ``outlier``,
-        ``nodata``, ``cloud``, ``flat``, ``beyond_max_shift``), its shift (``east``,
-        ``north`` in CRS units; ``east_px``, ``north_px`` in reference pixels; per band
-        ``east_<band>``, ``north_<band>``), ``correlation`` (mean over bands of the
-        Pearson correlation of the aligned images) and ``iterations``.
-
-    Examples
-    --------
-    >>> from xharmonise import estimate_shift
-    >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((600, 600), shift=(-3.0, 2.0), seed=2)
-    >>> est = estimate_shift(pair.src, pair.ref)
-    >>> round(est.east_px, 1), round(est.north_px, 1)
-    (-0.3, 0.2)
-    >>> ShiftEstimate.from_dict(est.to_dict()).east == est.east
-    True
-    >>> sorted(est.windows["status"].unique())
-    ['inlier']
-    """
-
-    east: float
-    north: float
-    pixel_size: float
-    confidence: float
-    std_error: float
-    bands: dict[str, tuple[float, float]]
-    windows: pd.DataFrame = field(repr=False)
-
-    @property
-    def east_px(self) -> float:
-        """East shift in reference pixels."""
-        return self.east / self.pixel_size
-
-    @property
-    def north_px(self) -> float:
-        """North shift in reference pixels."""
-        return self.north / self.pixel_size
-
-    @property
-    def n_windows(self) -> int:
-        """Number of windows the result rests on (the inliers)."""
-        return int((self.windows["status"] == "inlier").sum())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able description; :meth:`from_dict` reads it back.
-
-        Examples
-        --------
-        >>> import json, xharmonise
-        >>> from xharmonise.simulate import simulate_pair
-        >>> pair = simulate_pair((600, 600), seed=0, shift=(4.0, -2.0))
-        >>> est = xharmonise.estimate_shift(pair.src, pair.ref)
-        >>> sorted(json.loads(json.dumps(est.to_dict())))[:3]
-        ['bands', 'confidence', 'east']
-        """
-        return {
-            "east": float(self.east),
-            "north": float(self.north),
-            "pixel_size": float(self.pixel_size),
-            "confidence": float(self.confidence),
-            "std_error": float(self.std_error),
-            "bands": {b: [float(e), float(n)] for b, (e, n) in self.bands.items()},
-            "windows": {
-                k: [v.item() if isinstance(v, np.generic) else v for v in values]
-                for k, values in self.windows.to_dict(orient="list").items()
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShiftEstimate:
-        """Rebuild an estimate from :meth:`to_dict`'s output.
-
-        Examples
-        --------
-        >>> import xharmonise
-        >>> from xharmonise.simulate import simulate_pair
-        >>> pair = simulate_pair((600, 600), seed=0, shift=(4.0, -2.0))
-        >>> est = xharmonise.estimate_shift(pair.src, pair.ref)
-        >>> back = ShiftEstimate.from_dict(est.to_dict())
-        >>> (back.east, back.north) == (est.east, est.north)
-        True
-        """
-        return cls(
-            east=float(d["east"]),
-            north=float(d["north"]),
-            pixel_size=float(d["pixel_size"]),
-            confidence=float(d["confidence"]),
-            std_error=float(d["std_error"]),
-            bands={b: (float(e), float(n)) for b, (e, n) in d["bands"].items()},
-            windows=pd.DataFrame(d["windows"]),
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"<ShiftEstimate east={self.east:+.3f} north={self.north:+.3f} "
-            f"({self.east_px:+.3f}, {self.north_px:+.3f} px of {self.pixel_size:g}), "
-            f"std error {self.std_error:.3f}, {self.n_windows}/{len(self.windows)} windows, "
-            f"confidence {self.confidence:.2f}>"
-        )
 
 
 def _auto_window(ny: int, nx: int) -> int:

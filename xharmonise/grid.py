@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import overload
 
 import numpy as np
@@ -24,6 +23,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS
 
 from xharmonise.errors import GridError, MissingCRSError, NoOverlapError
+from xharmonise.records import PairGrid
 
 __all__ = [
     "PairGrid",
@@ -170,42 +170,6 @@ def resolution_of(gbox: GeoBox, crs: CRS | OdcCRS | None = None) -> float:
         return math.sqrt(abs(gbox.resolution.x * gbox.resolution.y))
     area = gbox.extent.to_crs(crs).area
     return math.sqrt(area / (gbox.shape[0] * gbox.shape[1]))
-
-
-@dataclass(frozen=True)
-class PairGrid:
-    """The common grid of a source / reference pair.
-
-    Attributes
-    ----------
-    factor : int
-        Reference pixels cover ``factor x factor`` source-grid pixels.
-    ref : GeoBox
-        The reference grid cropped to the overlap (whole reference pixels).
-    src : GeoBox
-        The phase-aligned source grid: ``ref`` at ``factor`` times finer resolution.
-    ref_rows, ref_cols : slice
-        Where ``ref`` lies in the reference array.
-    src_resolution : float
-        The source's own pixel size in reference CRS units.
-    """
-
-    factor: int
-    ref: GeoBox
-    src: GeoBox
-    ref_rows: slice
-    ref_cols: slice
-    src_resolution: float
-
-    def to_json(self) -> dict:
-        """JSON-able description (CRS as WKT, transforms as 6 numbers)."""
-        return {
-            "factor": self.factor,
-            "crs": _crs(self.ref).to_wkt(),
-            "ref_transform": list(self.ref.affine)[:6],
-            "ref_shape": list(self.ref.shape),
-            "src_resolution": self.src_resolution,
-        }
 
 
 def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:

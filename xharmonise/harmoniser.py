@@ -1,42 +1,76 @@
-"""The fitted model and its provenance."""
+"""The fitted model: what ``predict`` applies, what the fit measured, and its file.
+
+A :class:`Harmoniser` holds a :class:`Mapping` (everything :func:`xharmonise.predict`
+needs) and a :class:`FitReport` (what :func:`xharmonise.fit` measured). :func:`save`
+writes both to one safetensors file, versioned by its ``format`` tag; :func:`load` reads
+the current format and every earlier one, and refuses any other by name.
+
+File formats
+------------
+``xharmonise-model/2`` (this release)
+    JSON metadata ``{"format", "mapping", "fit_report", "saved_by"}``: the mapping's fields
+    (the grid as :meth:`~xharmonise.records.PairGrid.to_json`, ``applied_shift`` as
+    ``[east, north]`` or null, ``net_config`` the network's config or null), the report's
+    fields (``metrics`` as :meth:`xarray.DataArray.to_dict`, ``shift_estimate`` as
+    :meth:`~xharmonise.records.ShiftEstimate.to_dict` or null, ``versions``) and the
+    package versions that saved it.
+``xharmonise-model/1`` (release 0.1.0)
+    One flat JSON object: the mapping's and the report's fields side by side, the grid
+    without its place in the reference array, and ``coregistration``: the shift estimate
+    plus ``applied``.
+
+Both keep the weights as tensors: ``linear``, ``samples.<stage>`` and ``net.<parameter>``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
-from dataclasses import dataclass, field
-from importlib.metadata import version
+import secrets
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from xharmonise.checks import type_name
-from xharmonise.coregister import ShiftEstimate
-from xharmonise.errors import InputTypeError, ModelFileError
+from xharmonise.errors import HarmoniseError, InputTypeError, InputValueError, ModelFileError
+from xharmonise.models.registry import METHODS, method
+from xharmonise.records import PairGrid, ShiftEstimate
 
-__all__ = ["Harmoniser", "load"]
+if TYPE_CHECKING:
+    import fsspec
 
-_FORMAT = "xharmonise-model/1"
+__all__ = ["FORMAT", "FORMATS_READ", "FitReport", "Harmoniser", "Mapping", "load", "save"]
+
+#: The format :func:`save` writes.
+FORMAT = "xharmonise-model/2"
+_FORMAT_1 = "xharmonise-model/1"
+#: The formats :func:`load` reads, newest first.
+FORMATS_READ: tuple[str, ...] = (FORMAT, _FORMAT_1)
 
 
-@dataclass
-class Harmoniser:
-    """A mapping from source reflectance to reference-consistent reflectance.
+def _invalid(what: str, fix: str) -> InputValueError:
+    return InputValueError(f"{what}: {fix}")
 
-    Built by :func:`xharmonise.fit`; apply it with :func:`xharmonise.predict`.
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Mapping:
+    """What :func:`xharmonise.predict` applies: the bands, scaling, grid and learned weights.
 
     Attributes
     ----------
     method : str
-        ``"linear"``, ``"calibnet"``, ``"convcalibnet"`` or ``"bcnet"``.
-    src_bands, ref_bands : list of str
+        A method of :data:`xharmonise.models.METHODS` (``"linear"``, ``"calibnet"``,
+        ``"convcalibnet"``, ``"bcnet"``).
+    src_bands, ref_bands : tuple of str
         Paired band names: source band ``src_bands[i]`` maps to ``ref_bands[i]``.
     factor : int
         Source pixels per reference pixel along each axis, on the training grid.
-    sigmas : list of float
+    sigmas : tuple of float
         Reference MTF Gaussian sigma per band, in source-grid pixels.
     src_scale, src_offset : float
         Source reflectance = DN * scale + offset as used in training.
@@ -44,29 +78,197 @@ class Harmoniser:
         The training source's dtype (integer DN or float reflectance).
     linear : numpy.ndarray
         (band, band + 1) linear baseline ``[A | b]``, always fitted as the reference.
+    net : torch.nn.Module or None
+        The trained network; None exactly for methods without one (``linear``).
+    variance : bool
+        Whether the network predicts a per-pixel variance.
+    grid : PairGrid
+        The training grid.
+    applied_shift : (float, float) or None
+        East and north shift (CRS units) the source was corrected by before training
+        (``fit(..., coregister=True)``); ``predict`` moves its output by minus it. None
+        when the source was not moved.
+
+    Raises
+    ------
+    InputValueError
+        Fields that do not fit together (band lists, sigmas, the linear matrix's shape,
+        a network of another method or band count...).
+    UnknownMethodError
+        ``method`` is no known method.
+    """
+
+    method: str
+    src_bands: tuple[str, ...]
+    ref_bands: tuple[str, ...]
+    factor: int
+    sigmas: tuple[float, ...]
+    src_scale: float
+    src_offset: float
+    src_dtype: str
+    linear: np.ndarray
+    net: Any
+    variance: bool
+    grid: PairGrid
+    applied_shift: tuple[float, float] | None
+
+    def __post_init__(self) -> None:
+        spec = method(self.method)
+        src, ref = self.src_bands, self.ref_bands
+        if isinstance(src, str) or isinstance(ref, str):
+            raise _invalid(f"band lists {src!r}, {ref!r}", "give sequences of band names")
+        src, ref = tuple(src), tuple(ref)
+        if not ref or len(src) != len(ref) or not all(isinstance(b, str) for b in src + ref):
+            raise _invalid(
+                f"band lists {src!r} and {ref!r} do not pair up",
+                "give as many source as reference band names (strings), at least one",
+            )
+        n = len(ref)
+        if not isinstance(self.grid, PairGrid):
+            raise _invalid(f"grid is a {type_name(self.grid)}", "give a PairGrid")
+        factor = self.factor
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor != self.grid.factor:
+            raise _invalid(
+                f"factor {factor!r} is not the grid's ({self.grid.factor})",
+                "give the PairGrid's integer factor",
+            )
+        sigmas = tuple(self.sigmas)
+        if len(sigmas) != n or not all(_is_number(s) and s > 0 for s in sigmas):
+            raise _invalid(
+                f"sigmas {sigmas!r} are not {n} positive numbers", "give one sigma per band"
+            )
+        if not (_is_number(self.src_scale) and _is_number(self.src_offset)):
+            raise _invalid(
+                f"src_scale {self.src_scale!r} or src_offset {self.src_offset!r} is not a "
+                "finite number",
+                "give the scaling the source was read with",
+            )
+        try:
+            np.dtype(self.src_dtype)
+        except TypeError:
+            raise _invalid(f"src_dtype {self.src_dtype!r} is no dtype", "give its name") from None
+        if not isinstance(self.linear, np.ndarray) or self.linear.shape != (n, n + 1):
+            shape = getattr(self.linear, "shape", type_name(self.linear))
+            raise _invalid(
+                f"the linear matrix is {shape}, not {(n, n + 1)}", "give [A | b] of the bands"
+            )
+        if not isinstance(self.variance, bool):
+            raise _invalid(f"variance {self.variance!r} is not a bool", "give True or False")
+        if (self.net is None) == spec.neural:
+            raise _invalid(
+                f"a {spec.name} mapping {'without' if spec.neural else 'with'} a network",
+                "give the trained network for neural methods and None for the others",
+            )
+        if self.net is not None:
+            found = (
+                getattr(self.net, "method", None),
+                getattr(self.net, "n_bands", None),
+                getattr(self.net, "variance", None),
+            )
+            if found != (spec.name, n, self.variance):
+                raise _invalid(
+                    f"the network (method, bands, variance) is {found}, not "
+                    f"{(spec.name, n, self.variance)}",
+                    "give the network trained for this mapping",
+                )
+        elif self.variance:
+            raise _invalid(f"a {spec.name} mapping with variance", "variance needs a network")
+        shift = self.applied_shift
+        if shift is not None:
+            shift = tuple(shift)
+            if len(shift) != 2 or not all(_is_number(v) for v in shift):
+                raise _invalid(
+                    f"applied_shift {self.applied_shift!r} is not (east, north)",
+                    "give two finite numbers or None",
+                )
+            shift = (float(shift[0]), float(shift[1]))
+        # Frozen: normalise the sequences through object.__setattr__, once, here.
+        object.__setattr__(self, "src_bands", src)
+        object.__setattr__(self, "ref_bands", ref)
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in sigmas))
+        object.__setattr__(self, "src_scale", float(self.src_scale))
+        object.__setattr__(self, "src_offset", float(self.src_offset))
+        object.__setattr__(self, "src_dtype", str(self.src_dtype))
+        object.__setattr__(self, "applied_shift", shift)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float | np.integer | np.floating)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FitReport:
+    """What :func:`xharmonise.fit` measured: scores, curves, samples and provenance.
+
+    Attributes
+    ----------
     metrics : xarray.DataArray
         Test-split metrics (band, metric, stage) for stages initial, linear and model.
     history : dict
-        Training curves (empty for ``linear``).
-    grid : dict
-        The training grid (CRS, transform, factor).
+        Training curves (empty for methods without a network).
     patches : dict
-        Patch counts: total, valid, no-data, cloudy, train, test.
-    variance : bool
-        Whether the model predicts a per-pixel variance.
-    net : torch.nn.Module or None
-        The trained network (None for ``linear``).
+        Patch counts: total, valid, nodata, cloudy, train, test.
     samples : dict of numpy.ndarray
         A random subset of the test-split pixels at the reference resolution, (pixel,
         band) float32 per stage: ``target`` (the reference), ``initial``, ``linear``,
-        ``model`` and, with a variance head, ``variance``. Kept so that reports can show
-        the scatter plots without the images.
-    coregistration : dict or None
-        The phase-correlation shift measured at fit time
-        (:meth:`xharmonise.ShiftEstimate.to_dict`) plus ``applied``: whether the
-        source was corrected by it before sampling (``fit(..., coregister=True)``), in
-        which case :func:`xharmonise.predict` moves its output by it. None when no shift
-        was measured.
+        ``model`` and, with a variance head, ``variance``: the report's scatter plots
+        without the images.
+    shift_estimate : ShiftEstimate or None
+        The phase-correlation shift measured (or given) at fit time; None when none was.
+    versions : dict
+        Package versions at fit time (``xharmonise``, ``torch``, ``numpy``...).
+
+    Raises
+    ------
+    InputValueError
+        A field of the wrong kind.
+    """
+
+    metrics: xr.DataArray
+    history: dict[str, Any]
+    patches: dict[str, int]
+    samples: dict[str, np.ndarray]
+    shift_estimate: ShiftEstimate | None
+    versions: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metrics, xr.DataArray):
+            raise _invalid(f"metrics is a {type_name(self.metrics)}", "give an xarray.DataArray")
+        for name in ("history", "patches", "samples", "versions"):
+            if not isinstance(getattr(self, name), dict):
+                raise _invalid(f"{name} is a {type_name(getattr(self, name))}", "give a dict")
+        if not all(isinstance(v, np.ndarray) for v in self.samples.values()):
+            raise _invalid("samples holds values that are not arrays", "give NumPy arrays")
+        if self.shift_estimate is not None and not isinstance(self.shift_estimate, ShiftEstimate):
+            raise _invalid(
+                f"shift_estimate is a {type_name(self.shift_estimate)}",
+                "give a ShiftEstimate or None",
+            )
+
+
+def _filter_methods() -> str:
+    return ", ".join(m.name for m in METHODS.values() if m.has_filters)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Harmoniser:
+    """A fitted mapping from source reflectance to reference-consistent reflectance.
+
+    Built by :func:`xharmonise.fit`, read by :func:`xharmonise.load`; apply it with
+    :func:`xharmonise.predict`. Read-only properties forward to the mapping's and the
+    report's fields (``model.method`` is ``model.mapping.method``, ``model.metrics`` is
+    ``model.fit_report.metrics``...).
+
+    Attributes
+    ----------
+    mapping : Mapping
+        What ``predict`` applies.
+    fit_report : FitReport
+        What the fit measured.
 
     Examples
     --------
@@ -76,47 +278,146 @@ class Harmoniser:
     >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
     >>> model.metrics.dims, model.n_bands
     (('band', 'metric', 'stage'), 4)
+    >>> model.baseline().method, model.grid.factor
+    ('linear', 5)
     """
 
-    method: str
-    src_bands: list[str]
-    ref_bands: list[str]
-    factor: int
-    sigmas: list[float]
-    src_scale: float
-    src_offset: float
-    linear: np.ndarray
-    metrics: xr.DataArray
-    src_dtype: str = "float32"
-    history: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, Any] = field(default_factory=dict)
-    patches: dict[str, int] = field(default_factory=dict)
-    variance: bool = False
-    net: Any = None
-    samples: dict[str, np.ndarray] = field(default_factory=dict)
-    coregistration: dict[str, Any] | None = None
+    mapping: Mapping
+    fit_report: FitReport
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mapping, Mapping):
+            raise InputTypeError(f"mapping is a {type_name(self.mapping)}: give a Mapping")
+        if not isinstance(self.fit_report, FitReport):
+            raise InputTypeError(f"fit_report is a {type_name(self.fit_report)}: give a FitReport")
+
+    # The mapping's fields.
+    @property
+    def method(self) -> str:
+        """The method's name (see :data:`xharmonise.models.METHODS`)."""
+        return self.mapping.method
+
+    @property
+    def src_bands(self) -> tuple[str, ...]:
+        """Source band names, paired one to one with :attr:`ref_bands`."""
+        return self.mapping.src_bands
+
+    @property
+    def ref_bands(self) -> tuple[str, ...]:
+        """Reference band names."""
+        return self.mapping.ref_bands
 
     @property
     def n_bands(self) -> int:
         """Number of paired bands."""
-        return len(self.ref_bands)
+        return len(self.mapping.ref_bands)
+
+    @property
+    def factor(self) -> int:
+        """Source pixels per reference pixel along each axis, on the training grid."""
+        return self.mapping.factor
+
+    @property
+    def sigmas(self) -> tuple[float, ...]:
+        """Reference MTF Gaussian sigma per band, source-grid pixels."""
+        return self.mapping.sigmas
+
+    @property
+    def src_scale(self) -> float:
+        """Source reflectance = DN * src_scale + src_offset, as in training."""
+        return self.mapping.src_scale
+
+    @property
+    def src_offset(self) -> float:
+        """See :attr:`src_scale`."""
+        return self.mapping.src_offset
+
+    @property
+    def src_dtype(self) -> str:
+        """The training source's dtype."""
+        return self.mapping.src_dtype
+
+    @property
+    def linear(self) -> np.ndarray:
+        """(band, band + 1) linear baseline ``[A | b]``."""
+        return self.mapping.linear
+
+    @property
+    def net(self) -> Any:
+        """The trained network (a torch module), or None."""
+        return self.mapping.net
+
+    @property
+    def variance(self) -> bool:
+        """Whether the model predicts a per-pixel variance."""
+        return self.mapping.variance
+
+    @property
+    def grid(self) -> PairGrid:
+        """The training grid."""
+        return self.mapping.grid
+
+    @property
+    def applied_shift(self) -> tuple[float, float] | None:
+        """East, north shift the source was corrected by before training, or None."""
+        return self.mapping.applied_shift
 
     @property
     def src_pixel_size(self) -> float:
         """Pixel size of the training grid (reference pixel / factor), CRS units."""
-        return abs(float(self.grid["ref_transform"][0])) / self.factor
+        return abs(float(self.grid.ref.affine.a)) / self.factor
+
+    # The report's fields.
+    @property
+    def metrics(self) -> xr.DataArray:
+        """Test-split metrics (band, metric, stage)."""
+        return self.fit_report.metrics
+
+    @property
+    def history(self) -> dict[str, Any]:
+        """Training curves (empty without a network)."""
+        return self.fit_report.history
+
+    @property
+    def patches(self) -> dict[str, int]:
+        """Patch counts: total, valid, nodata, cloudy, train, test."""
+        return self.fit_report.patches
+
+    @property
+    def samples(self) -> dict[str, np.ndarray]:
+        """Test-split pixel samples per stage, (pixel, band) float32."""
+        return self.fit_report.samples
+
+    @property
+    def shift_estimate(self) -> ShiftEstimate | None:
+        """The phase-correlation :class:`~xharmonise.records.ShiftEstimate` of the fit,
+        or None when none was made."""
+        return self.fit_report.shift_estimate
+
+    def baseline(self) -> Harmoniser:
+        """The linear baseline of this fit as a model of its own.
+
+        Same bands, grid, scaling, applied shift and report; the mapping is the linear
+        coefficients alone (no network, no variance).
+        """
+        return Harmoniser(
+            mapping=replace(self.mapping, method="linear", net=None, variance=False),
+            fit_report=self.fit_report,
+        )
 
     @property
     def filters(self) -> xr.DataArray:
-        """BCNet's learned filters (band, ky, kx) at source-grid resolution.
+        """The learned input filters (band, ky, kx) at source-grid resolution.
 
         Raises
         ------
         AttributeError
-            For methods other than ``bcnet``.
+            For methods without learned filters.
         """
-        if self.method != "bcnet":
-            raise AttributeError(f"{self.method} models have no learned filters (bcnet only)")
+        if not method(self.method).has_filters:
+            raise AttributeError(
+                f"{self.method} models have no learned filters ({_filter_methods()} only)"
+            )
         k = np.asarray(self.net.filters())
         half = (k.shape[-1] - 1) / 2
         offsets = (np.arange(k.shape[-1]) - half) * self.src_pixel_size
@@ -125,24 +426,17 @@ class Harmoniser:
             dims=("band", "ky", "kx"),
             coords={"band": list(self.ref_bands), "ky": -offsets, "kx": offsets},
             name="filters",
-            attrs={"long_name": "BCNet learned filters", "units": "1"},
+            attrs={"long_name": "learned input filters", "units": "1"},
         )
-
-    @property
-    def shift_estimate(self) -> ShiftEstimate | None:
-        """The phase-correlation :class:`~xharmonise.coregister.ShiftEstimate` of the fit,
-        or None when none was made."""
-        if self.coregistration is None:
-            return None
-        return ShiftEstimate.from_dict(self.coregistration)
 
     @property
     def shift(self) -> xr.DataArray:
         """Shift of the source relative to the reference: (band, axis, estimate).
 
-        ``axis`` is east/north; ``estimate`` holds ``"filter"`` (BCNet models: the learned
-        filter centroids) and ``"phase_correlation"`` (when the fit measured one: any
-        method with ``coregister=True``, and every BCNet fit), side by side as a
+        ``axis`` is east/north; ``estimate`` holds ``"filter"`` (methods with learned
+        filters: their centroids) and ``"phase_correlation"`` (when the fit measured one:
+        any method with ``coregister=True``, and every fit of a method that measures it,
+        see :attr:`xharmonise.models.Method.measures_shift`), side by side as a
         cross-check. Both are the displacement of the source content relative to the
         reference, as given to :func:`xharmonise.fit`, in CRS units (metres), east and north
         positive. The filter learns to fetch the source where the reference sees the
@@ -153,33 +447,35 @@ class Harmoniser:
         Raises
         ------
         AttributeError
-            When there is neither a filter (bcnet only) nor a phase-correlation estimate.
+            When there is neither a filter nor a phase-correlation estimate.
         """
         estimates, names = [], []
-        reg = self.coregistration
-        if self.method == "bcnet":
+        applied = self.applied_shift
+        est = self.shift_estimate
+        if method(self.method).has_filters:
             from xharmonise.models import filter_shift
 
             dy_dx = np.asarray(filter_shift(self.net.filters()))
             east = dy_dx[:, 1] * self.src_pixel_size
             north = -dy_dx[:, 0] * self.src_pixel_size  # rows grow southwards
-            if reg is not None and reg.get("applied"):
-                east, north = east + reg["east"], north + reg["north"]
+            if applied is not None:
+                east, north = east + applied[0], north + applied[1]
             estimates.append(np.stack([east, north], axis=1))
             names.append("filter")
-        if reg is not None:
-            per_band = reg.get("bands", {})
+        if est is not None:
+            # An estimate given to fit may cover other bands: those fall back to the mean.
             estimates.append(
                 np.array(
-                    [per_band.get(b, (reg["east"], reg["north"])) for b in self.ref_bands],
+                    [est.bands.get(b, (est.east, est.north)) for b in self.ref_bands],
                     dtype=np.float64,
                 )
             )
             names.append("phase_correlation")
         if not estimates:
             raise AttributeError(
-                f"{self.method} models have no shift estimate: the filter shift is bcnet "
-                "only; fit with coregister=True to measure one by phase correlation"
+                f"{self.method} models have no shift estimate: the filter shift is "
+                f"{_filter_methods()} only; fit with coregister=True to measure one by phase "
+                "correlation"
             )
         return xr.DataArray(
             np.stack(estimates, axis=-1),
@@ -189,48 +485,14 @@ class Harmoniser:
             attrs={
                 "units": "m",
                 "long_name": "displacement of the source content relative to the reference",
-                "applied": bool(reg is not None and reg.get("applied")),
+                "applied": applied is not None,
             },
         )
 
-    def report(self, path: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write the model's HTML report: forwards to :func:`xharmonise.plot.report`.
-
-        Examples
-        --------
-        >>> import tempfile, pathlib, xharmonise
-        >>> from xharmonise.simulate import simulate_pair
-        >>> pair = simulate_pair((200, 200), seed=0)
-        >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
-        >>> out = model.report(pathlib.Path(tempfile.mkdtemp()) / "report.html")
-        >>> out.name
-        'report.html'
-        """
-        from xharmonise.plot import report
-
-        return report(self, path, **kwargs)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model to one safetensors file: weights as tensors, the rest as JSON.
-
-        Nothing is pickled, so loading a file cannot run code. The file is written next to
-        its destination and renamed into place, so a crash never leaves half a model.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Destination, conventionally ``*.safetensors``.
-
-        Returns
-        -------
-        pathlib.Path
-
-        Raises
-        ------
-        ModelFileError
-            The path is a folder, or its folder does not exist.
-        InputTypeError
-            The path is not a string or path-like.
+    def save(
+        self, path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+    ) -> Path | str:
+        """Write the model to one safetensors file: forwards to :func:`save`.
 
         Examples
         --------
@@ -241,68 +503,20 @@ class Harmoniser:
         >>> model.save(pathlib.Path(tempfile.mkdtemp()) / "model.safetensors").suffix
         '.safetensors'
         """
-        from safetensors.numpy import save_file
-
-        path = _model_path(path)
-        if path.is_dir():
-            raise ModelFileError(
-                f"{path} is a folder: give a file path, e.g. {path / 'model.safetensors'}"
-            )
-        folder = path.parent
-        if not folder.is_dir():
-            raise ModelFileError(
-                f"cannot write {path}: the folder {folder} "
-                f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
-                "first or choose another path"
-            )
-        tensors = {"linear": np.ascontiguousarray(self.linear, dtype=np.float64)}
-        for name, values in self.samples.items():
-            tensors[f"samples.{name}"] = np.ascontiguousarray(values, dtype=np.float32)
-        net_config = None
-        if self.net is not None:
-            from xharmonise.models import network_spec
-
-            spec = network_spec(self.net.cpu())
-            net_config = spec["config"]
-            tensors.update({f"net.{k}": np.ascontiguousarray(v) for k, v in spec["state"].items()})
-        meta = {
-            "format": _FORMAT,
-            "method": self.method,
-            "src_bands": list(self.src_bands),
-            "ref_bands": list(self.ref_bands),
-            "factor": self.factor,
-            "sigmas": list(map(float, self.sigmas)),
-            "src_scale": self.src_scale,
-            "src_offset": self.src_offset,
-            "src_dtype": self.src_dtype,
-            "metrics": self.metrics.to_dict(),
-            "history": _jsonable(self.history),
-            "grid": _jsonable(self.grid),
-            "patches": _jsonable(self.patches),
-            "variance": self.variance,
-            "net_config": net_config,
-            "coregistration": _jsonable(self.coregistration),
-            "versions": _versions(),
-        }
-        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"xharmonise": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save(self, path, storage_options=storage_options)
 
     def __repr__(self) -> str:
         rmse = self.metrics.sel(metric="rmse").mean("band")
         stages = ", ".join(f"{s}={float(rmse.sel(stage=s)):.4f}" for s in rmse["stage"].values)
         return (
             f"<Harmoniser {self.method}{' +variance' if self.variance else ''}: "
-            f"{self.src_bands} -> {self.ref_bands}, x{self.factor}, "
+            f"{list(self.src_bands)} -> {list(self.ref_bands)}, x{self.factor}, "
             f"{self.patches.get('train', 0)} train / {self.patches.get('test', 0)} test "
             f"patches, mean test RMSE {stages}>"
         )
+
+
+# --- the file -------------------------------------------------------------------------
 
 
 def _jsonable(obj: Any) -> Any:
@@ -324,17 +538,19 @@ def _versions() -> dict[str, str]:
     for pkg in ("xharmonise", "torch", "numpy", "xarray"):
         try:
             out[pkg] = version(pkg)
-        except Exception:  # a missing optional package is just not recorded
+        except PackageNotFoundError:  # a missing optional package is just not recorded
             continue
     return out
 
 
-def _model_path(path: Any) -> Path:
-    """A local model path, or an error naming the fix."""
-    if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+def _location(
+    path: Any, storage_options: Any
+) -> tuple[fsspec.AbstractFileSystem | None, Path | str]:
+    """(None, a local path) or (the filesystem, the path in it) of a model file."""
+    if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
         raise InputTypeError(
-            f"path={path!r} is a {type_name(path)}: give the model file's path as a str or "
-            "pathlib.Path, e.g. 'model.safetensors'"
+            f"path={path!r} is a {type_name(path)}: give the model file's path or fsspec URL "
+            "as a str or pathlib.Path, e.g. 'model.safetensors' or 's3://bucket/m.safetensors'"
         )
     text = os.fspath(path)
     if not text.strip() or "\x00" in text:
@@ -342,16 +558,186 @@ def _model_path(path: Any) -> Path:
             f"path={path!r} is {'empty' if not text.strip() else 'not a path (NUL character)'}: "
             "give a file path, e.g. 'model.safetensors'"
         )
-    if "://" in text:
-        raise ModelFileError(
-            f"{text} is a URL: models are local files; give a local path (and copy the file "
-            "with fsspec if it must live in an object store)"
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputTypeError(
+            f"storage_options={storage_options!r} is a {type_name(storage_options)}: give a "
+            "dict of fsspec options (e.g. {'anon': True}) or None"
         )
-    return Path(text)
+    if "://" not in text:
+        if storage_options:
+            raise InputValueError(
+                f"storage_options= apply to fsspec URLs, and {text} is a local path: drop "
+                "them, or give a URL such as 's3://bucket/model.safetensors'"
+            )
+        return None, Path(text)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, root = fsspec.core.url_to_fs(text, **(storage_options or {}))
+    except (ImportError, ValueError, TypeError) as err:
+        raise ModelFileError(
+            f"cannot open {text} ({err}): check the URL's protocol and install its fsspec "
+            "backend (e.g. s3fs for s3://), or give a local path"
+        ) from None
+    if isinstance(fs, LocalFileSystem):
+        return None, Path(root)
+    return fs, root
 
 
-# What Harmoniser needs from a model file's metadata: key -> (type, description).
-_META: dict[str, tuple[type | tuple[type, ...], str]] = {
+def _encode(model: Harmoniser) -> bytes:
+    """The safetensors bytes of a model, in the current format."""
+    from safetensors.numpy import save as to_bytes
+
+    m, r = model.mapping, model.fit_report
+    tensors = {"linear": np.ascontiguousarray(m.linear, dtype=np.float64)}
+    for name, values in r.samples.items():
+        tensors[f"samples.{name}"] = np.ascontiguousarray(values, dtype=np.float32)
+    net_config = None
+    if m.net is not None:
+        from xharmonise.models import network_spec
+
+        spec = network_spec(m.net)
+        net_config = spec["config"]
+        tensors.update({f"net.{k}": np.ascontiguousarray(v) for k, v in spec["state"].items()})
+    meta = {
+        "format": FORMAT,
+        "mapping": {
+            "method": m.method,
+            "src_bands": list(m.src_bands),
+            "ref_bands": list(m.ref_bands),
+            "factor": m.factor,
+            "sigmas": list(m.sigmas),
+            "src_scale": m.src_scale,
+            "src_offset": m.src_offset,
+            "src_dtype": m.src_dtype,
+            "variance": m.variance,
+            "grid": m.grid.to_json(),
+            "applied_shift": None if m.applied_shift is None else list(m.applied_shift),
+            "net_config": _jsonable(net_config),
+        },
+        "fit_report": {
+            "metrics": r.metrics.to_dict(),
+            "history": _jsonable(r.history),
+            "patches": _jsonable(r.patches),
+            "shift_estimate": None if r.shift_estimate is None else r.shift_estimate.to_dict(),
+            "versions": dict(r.versions),
+        },
+        "saved_by": _versions(),
+    }
+    return to_bytes(tensors, metadata={"xharmonise": json.dumps(meta)})
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    """Write next to ``path`` and rename into place: a crash never leaves half a model."""
+    if path.is_dir():
+        raise ModelFileError(
+            f"{path} is a folder: give a file path, e.g. {path / 'model.safetensors'}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise ModelFileError(
+            f"cannot write {path}: the folder {folder} "
+            f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
+            "first or choose another path"
+        )
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        # Mode 0o666 as open() uses, so the umask sets the file's permissions (mkstemp's
+        # 0o600 would make a model others cannot read).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ModelFileError(
+            f"cannot write {path} ({err.strerror or err}): check the folder's permissions "
+            "and free space, or choose another path"
+        ) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save(
+    model: Harmoniser,
+    path: str | os.PathLike,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Path | str:
+    """Write a model to one safetensors file: weights as tensors, the rest as JSON.
+
+    Nothing is pickled, so loading a file cannot run code. A local file is written next to
+    its destination and renamed into place, so a crash never leaves half a model, with
+    the permissions the umask gives new files; a remote one is written in one put.
+
+    Parameters
+    ----------
+    model : Harmoniser
+        The model to write.
+    path : str or path-like
+        Destination, conventionally ``*.safetensors``: a local path or an fsspec URL
+        (``s3://bucket/model.safetensors``, ``memory://model.safetensors``).
+    storage_options : dict, optional
+        fsspec options for URLs (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
+
+    Returns
+    -------
+    pathlib.Path or str
+        The local path written, or the URL as given.
+
+    Raises
+    ------
+    ModelFileError
+        The path is a folder, its folder does not exist, or it cannot be written.
+    InputTypeError
+        The model is no Harmoniser, the path not a string or path-like, or the options
+        not a dict.
+    InputValueError
+        ``storage_options`` with a local path.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+    >>> save(model, "memory://doc/model.safetensors")
+    'memory://doc/model.safetensors'
+    """
+    if not isinstance(model, Harmoniser):
+        raise InputTypeError(
+            f"model is a {type_name(model)}: give a Harmoniser (from xharmonise.fit or load)"
+        )
+    fs, where = _location(path, storage_options)
+    data = _encode(model)
+    if fs is None:
+        assert isinstance(where, Path)
+        _write_local(where, data)
+        return where
+    assert isinstance(where, str)
+    if fs.isdir(where):
+        raise ModelFileError(
+            f"{path} is a folder: give a file URL, e.g. {str(path).rstrip('/')}/model.safetensors"
+        )
+    try:
+        fs.pipe_file(where, data)
+    except (OSError, ValueError) as err:
+        raise ModelFileError(
+            f"cannot write {path} ({err}): check the bucket, the credentials in "
+            "storage_options and the permissions"
+        ) from None
+    return os.fspath(path)
+
+
+class _Damaged(Exception):
+    """A model file's metadata misses a field or holds a wrong value (for :func:`load`)."""
+
+
+# Fields of both formats: key -> (JSON type, description).
+_MAPPING_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "method": (str, "a method name"),
     "src_bands": (list, "a list of band names"),
     "ref_bands": (list, "a list of band names"),
@@ -359,57 +745,199 @@ _META: dict[str, tuple[type | tuple[type, ...], str]] = {
     "sigmas": (list, "a list of numbers"),
     "src_scale": ((int, float), "a number"),
     "src_offset": ((int, float), "a number"),
-    "metrics": (dict, "a table"),
-    "history": (dict, "a dict"),
-    "grid": (dict, "a dict"),
-    "patches": (dict, "a dict"),
+    "src_dtype": (str, "a dtype name"),
     "variance": (bool, "true or false"),
     "net_config": ((dict, type(None)), "a dict or null"),
 }
+_REPORT_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "metrics": (dict, "a table"),
+    "history": (dict, "a dict"),
+    "patches": (dict, "a dict"),
+    "versions": (dict, "a dict"),
+}
+# The grid as format 1 wrote it (PairGrid.to_json without ref_rows/ref_cols).
+_GRID_1_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "factor": (int, "an integer"),
+    "crs": (str, "a CRS"),
+    "ref_transform": (list, "six numbers"),
+    "ref_shape": (list, "two integers"),
+    "src_resolution": ((int, float), "a number"),
+}
+_FORMAT_1_FIELDS = {
+    **_MAPPING_FIELDS,
+    **_REPORT_FIELDS,
+    "grid": (dict, "a dict"),
+    "coregistration": ((dict, type(None)), "a dict or null"),
+}
+_FORMAT_2_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "mapping": (dict, "a dict"),
+    "fit_report": (dict, "a dict"),
+    "saved_by": (dict, "a dict"),
+}
+_MAPPING_2_FIELDS = {
+    **_MAPPING_FIELDS,
+    "grid": (dict, "a dict"),
+    "applied_shift": ((list, type(None)), "[east, north] or null"),
+}
+_REPORT_2_FIELDS = {**_REPORT_FIELDS, "shift_estimate": ((dict, type(None)), "a dict or null")}
+# What every network's config() holds (the rest is the architecture's own).
+_NET_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "method": (str, "a method name"),
+    "n_bands": (int, "an integer"),
+    "variance": (bool, "true or false"),
+}
 
 
-def _meta_problem(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> str | None:
-    """What is wrong with a model file's metadata and tensors, or None."""
-    for key, (kind, what) in _META.items():
-        if key not in meta:
-            return f"no {key!r} entry"
-        value = meta[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return f"{key!r} is {value!r}, not {what}"
-    src, ref = meta["src_bands"], meta["ref_bands"]
-    if not ref or len(src) != len(ref) or not all(isinstance(b, str) for b in src + ref):
-        return f"band lists {src!r} and {ref!r} do not pair up"
-    n = len(ref)
-    if meta["factor"] < 1 or len(meta["sigmas"]) != n:
-        return f"factor {meta['factor']!r} or sigmas {meta['sigmas']!r} do not fit {n} bands"
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in meta["sigmas"]):
-        return f"sigmas {meta['sigmas']!r} are not numbers"
-    if not isinstance(meta.get("src_dtype", "float32"), str):
-        return f"'src_dtype' is {meta['src_dtype']!r}, not a dtype name"
-    if not isinstance(meta.get("coregistration"), dict | type(None)):
-        return f"'coregistration' is {meta['coregistration']!r}, not a dict or null"
-    linear = tensors.get("linear")
-    if linear is None or linear.shape != (n, n + 1):
-        return f"the linear tensor is {None if linear is None else linear.shape}, not {(n, n + 1)}"
-    cfg = meta["net_config"]
+def _require(
+    d: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], str]], where: str = ""
+) -> None:
+    """Every field present with its JSON type, or :class:`_Damaged` naming the first not."""
+    for key, (kind, what) in fields.items():
+        if key not in d:
+            raise _Damaged(f"no {where}{key!r} entry")
+        value = d[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            raise _Damaged(f"{where}{key!r} is {value!r}, not {what}")
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _network(cfg: dict[str, Any] | None, tensors: dict[str, np.ndarray], m: dict[str, Any]) -> Any:
+    """The trained network rebuilt from its config and weights, or None."""
     if cfg is None:
-        return None if meta["method"] == "linear" else f"a {meta['method']} model without a network"
-    fits = (cfg.get("method"), cfg.get("n_bands"), bool(cfg.get("variance", False)))
-    if fits != (meta["method"], n, meta["variance"]) or isinstance(cfg.get("n_bands"), bool):
-        return f"its network {cfg!r} is not a {meta['method']} of {n} bands"
-    return None
+        return None
+    _require(cfg, _NET_FIELDS, "net_config ")
+    found = (cfg["method"], cfg["n_bands"], cfg["variance"])
+    if found != (m["method"], len(m["ref_bands"]), m["variance"]):
+        raise _Damaged(f"its network {cfg!r} is not a {m['method']} of {len(m['ref_bands'])} bands")
+    from xharmonise.models import network_from_spec
+
+    state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    try:
+        return network_from_spec({"config": cfg, "state": state})
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise _Damaged(f"its network cannot be rebuilt from its weights: {err}") from None
 
 
-def load(path: str | os.PathLike) -> Harmoniser:
-    """Read a model written by :meth:`Harmoniser.save`.
+def _model(
+    m: dict[str, Any],
+    r: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    *,
+    grid: PairGrid,
+    applied_shift: tuple[float, float] | None,
+    shift_estimate: ShiftEstimate | None,
+) -> Harmoniser:
+    """A Harmoniser from the fields common to every format."""
+    if "linear" not in tensors:
+        raise _Damaged("no 'linear' tensor")
+    try:
+        metrics = xr.DataArray.from_dict(r["metrics"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Damaged(f"unreadable metrics: {err}") from None
+    mapping = Mapping(
+        method=m["method"],
+        src_bands=m["src_bands"],
+        ref_bands=m["ref_bands"],
+        factor=m["factor"],
+        sigmas=m["sigmas"],
+        src_scale=m["src_scale"],
+        src_offset=m["src_offset"],
+        src_dtype=m["src_dtype"],
+        linear=tensors["linear"],
+        net=_network(m["net_config"], tensors, m),
+        variance=m["variance"],
+        grid=grid,
+        applied_shift=applied_shift,
+    )
+    report = FitReport(
+        metrics=metrics,
+        history=r["history"],
+        patches=r["patches"],
+        samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
+        shift_estimate=shift_estimate,
+        versions=r["versions"],
+    )
+    return Harmoniser(mapping=mapping, fit_report=report)
+
+
+def _read_format_1(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harmoniser:
+    """Release 0.1.0's layout: one flat object, ``coregistration`` = estimate + applied."""
+    _require(meta, _FORMAT_1_FIELDS)
+    _require(meta["grid"], _GRID_1_FIELDS, "grid ")
+    rows, cols = meta["grid"]["ref_shape"]
+    # Format 1 did not record where the grid lay in the fit's reference array, and nothing
+    # after the fit reads it: the grid is read as lying at its own origin.
+    grid = PairGrid.from_json(dict(meta["grid"], ref_rows=[0, rows], ref_cols=[0, cols]))
+    reg = meta["coregistration"]
+    estimate, applied = None, None
+    if reg is not None:
+        _require(reg, {"applied": (bool, "true or false")}, "coregistration ")
+        estimate = ShiftEstimate.from_dict({k: v for k, v in reg.items() if k != "applied"})
+        if reg["applied"]:
+            applied = (estimate.east, estimate.north)
+    return _model(meta, meta, tensors, grid=grid, applied_shift=applied, shift_estimate=estimate)
+
+
+def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harmoniser:
+    """This release's layout: ``mapping`` and ``fit_report`` objects."""
+    _require(meta, _FORMAT_2_FIELDS)
+    m, r = meta["mapping"], meta["fit_report"]
+    _require(m, _MAPPING_2_FIELDS, "mapping ")
+    _require(r, _REPORT_2_FIELDS, "fit_report ")
+    shift = m["applied_shift"]
+    est = r["shift_estimate"]
+    return _model(
+        m,
+        r,
+        tensors,
+        grid=PairGrid.from_json(m["grid"]),
+        applied_shift=None if shift is None else tuple(shift),
+        shift_estimate=None if est is None else ShiftEstimate.from_dict(est),
+    )
+
+
+_READERS = {FORMAT: _read_format_2, _FORMAT_1: _read_format_1}
+assert tuple(_READERS) == FORMATS_READ, "every format read has its reader"
+
+
+def _read_bytes(fs: fsspec.AbstractFileSystem | None, where: Path | str, path: Any) -> bytes:
+    if fs is None:
+        assert isinstance(where, Path)
+        if not where.is_file():
+            raise ModelFileError(f"no model file at {where}: check the path")
+        try:
+            return where.read_bytes()
+        except OSError as err:
+            raise ModelFileError(
+                f"cannot read {where} ({err.strerror or err}): check its permissions"
+            ) from None
+    try:
+        return bytes(fs.cat_file(where))
+    except FileNotFoundError:
+        raise ModelFileError(f"no model file at {path}: check the URL") from None
+    except (OSError, ValueError) as err:
+        raise ModelFileError(
+            f"cannot read {path} ({err}): check the URL, the credentials in storage_options "
+            "and the permissions"
+        ) from None
+
+
+def load(path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None) -> Harmoniser:
+    """Read a model written by :func:`save`, in this release's format or an earlier one.
 
     Only the safetensors format is read: a pickle, a truncated or a corrupted file is
-    refused before anything in it is interpreted as code.
+    refused before anything in it is interpreted as code. Formats read:
+    :data:`FORMATS_READ` (``xharmonise-model/1`` is release 0.1.0's).
 
     Parameters
     ----------
     path : str or path-like
-        A ``.safetensors`` model file.
+        A ``.safetensors`` model file: a local path or an fsspec URL.
+    storage_options : dict, optional
+        fsspec options for URLs.
 
     Returns
     -------
@@ -418,9 +946,13 @@ def load(path: str | os.PathLike) -> Harmoniser:
     Raises
     ------
     ModelFileError
-        Missing, truncated, corrupted, foreign or unsafe file.
+        Missing, truncated, corrupted, foreign or unsafe file; a format this release does
+        not read (the message names it and those it reads); a field of its format missing
+        or wrong.
     InputTypeError
-        The path is not a string or path-like.
+        The path is not a string or path-like, or the options not a dict.
+    InputValueError
+        ``storage_options`` with a local path.
 
     Examples
     --------
@@ -432,78 +964,46 @@ def load(path: str | os.PathLike) -> Harmoniser:
     >>> bool((load(path).linear == model.linear).all())
     True
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as from_bytes
 
-    path = _model_path(path)
-    if not path.is_file():
-        raise ModelFileError(f"no model file at {path}: check the path")
+    fs, where = _location(path, storage_options)
+    data = _read_bytes(fs, where, path)
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta_text = (f.metadata() or {}).get("xharmonise")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = from_bytes(data)
+        # The header (checked by from_bytes): an 8-byte little-endian length, then JSON.
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(
             f"{path} is not a readable safetensors model ({err}); it may be truncated, "
             "corrupted or in another format (pickles are refused): save it again with "
-            "Harmoniser.save"
+            "xharmonise.save"
         ) from None
+    meta_text = (header.get("__metadata__") or {}).get("xharmonise")
     try:
         meta = json.loads(meta_text) if meta_text else None
     except json.JSONDecodeError:
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+    if not isinstance(meta, dict):
         raise ModelFileError(
-            f"{path} is a safetensors file but not an xharmonise model "
-            f"(expected format {_FORMAT!r}): save models with Harmoniser.save"
+            f"{path} is a safetensors file but not an xharmonise model (no xharmonise "
+            "metadata): save models with xharmonise.save"
         )
-    problem = _meta_problem(meta, tensors)
-    if problem:
+    found = meta["format"] if "format" in meta else None
+    reader = _READERS[found] if isinstance(found, str) and found in _READERS else None
+    if reader is None:
         raise ModelFileError(
-            f"{path} is a damaged xharmonise model ({problem}): save the model again with "
-            "Harmoniser.save"
+            f"{path} is an xharmonise model of format {found!r}; this release reads "
+            f"{', '.join(map(repr, FORMATS_READ))}: load it with the xharmonise release that "
+            "wrote it, or fit the model again"
         )
     try:
-        metrics = xr.DataArray.from_dict(meta["metrics"])
-    except (KeyError, TypeError, ValueError) as err:
+        return reader(meta, tensors)
+    except (_Damaged, HarmoniseError, TypeError, ValueError) as err:
+        # HarmoniseError: the Mapping's and records' own checks; Type/ValueError: values
+        # of the right JSON type and the wrong shape (a 3-element ref_shape...).
         raise ModelFileError(
-            f"{path} is a damaged xharmonise model (unreadable metrics: {err}): save the model "
-            "again with Harmoniser.save"
+            f"{path} is a damaged xharmonise model of format {found!r} ({err}): save the "
+            "model again with xharmonise.save"
         ) from None
-    net = None
-    if meta["net_config"] is not None:
-        import torch
-
-        from xharmonise.models import build_model
-
-        try:
-            net = build_model(**meta["net_config"])
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ModelFileError(
-                f"{path} is a damaged xharmonise model (its network cannot be built: {err}): "
-                "save the model again with Harmoniser.save"
-            ) from None
-        state = {k[4:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("net.")}
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise ModelFileError(f"{path}: weights do not fit the model ({err})") from None
-        net.eval()
-    return Harmoniser(
-        method=meta["method"],
-        src_bands=meta["src_bands"],
-        ref_bands=meta["ref_bands"],
-        factor=int(meta["factor"]),
-        sigmas=meta["sigmas"],
-        src_scale=float(meta["src_scale"]),
-        src_offset=float(meta["src_offset"]),
-        src_dtype=str(meta.get("src_dtype", "float32")),
-        linear=tensors["linear"],
-        metrics=metrics,
-        history=meta["history"],
-        grid=meta["grid"],
-        patches=meta["patches"],
-        variance=bool(meta["variance"]),
-        net=net,
-        samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
-        coregistration=meta.get("coregistration"),
-    )
