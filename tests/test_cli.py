@@ -149,10 +149,10 @@ def test_fit_band_options(files, tmp_path):
         )
     )  # fmt: skip
     model = xharmonise.load(out)
-    assert (model.src_bands, model.ref_bands) == (["B0", "B2"], ["B2", "B4"])
+    assert (list(model.src_bands), list(model.ref_bands)) == (["B0", "B2"], ["B2", "B4"])
     assert model.linear.shape == (2, 3)
     # The simulated pair is registered: the measured shift is well under a source pixel.
-    assert model.coregistration is not None
+    assert model.shift_estimate is not None and model.applied_shift is not None
     shift = model.shift.sel(estimate="phase_correlation")
     assert float(abs(shift).max()) < 0.5
     assert "shift of the source" in proc.stdout
@@ -385,7 +385,8 @@ def test_an_error_in_a_subprocess_is_one_line_too(files, tmp_path):
 def test_subdatasets_are_refused(files, tmp_path):
     import rasterio.shutil
 
-    from xharmonise.cli import InputError, open_raster
+    from xharmonise.errors import HarmoniseError
+    from xharmonise.runfiles import InputError, open_raster
 
     with rasterio.Env() as env:
         if "netCDF" not in env.drivers():
@@ -396,6 +397,7 @@ def test_subdatasets_are_refused(files, tmp_path):
     rasterio.shutil.copy(files["ref"], path, driver="netCDF", APPEND_SUBDATASET="YES")
     with pytest.raises(InputError, match="several subdatasets"):
         open_raster(str(path))
+    assert issubclass(InputError, HarmoniseError) and issubclass(InputError, OSError)
 
 
 def test_debug_shows_the_traceback(files):
@@ -410,14 +412,37 @@ def test_help_and_version(capsys):
     assert main(["--help"]) == 0
     usage = capsys.readouterr().out
     assert all(c in usage for c in ("fit", "predict", "report", "info", "demo"))
-    # The old entry point of the main job still works, as `xharmonise demo`.
+    # The main job through the module entry point, as the console script runs it.
+    demo = xh("demo", "--help")
+    assert demo.returncode == 0 and "usage: xharmonise demo" in demo.stdout
+    # The old `python -m xharmonise.demo` says where the command went (the demo module
+    # no longer imports the command line, which imports it).
     legacy = subprocess.run(
         [sys.executable, "-m", "xharmonise.demo", "--help"],
         capture_output=True,
         text=True,
         timeout=_TIMEOUT,
     )
-    assert legacy.returncode == 0 and "usage: xharmonise demo" in legacy.stdout
+    assert legacy.returncode == 1 and "run `xharmonise demo`" in legacy.stderr
+
+
+def test_method_choices_are_the_registry(capsys):
+    from xharmonise.models.registry import METHODS
+
+    for command in ("fit", "demo"):
+        assert main([command, "--help"]) == 0
+        usage = capsys.readouterr().out
+        assert "{" + ",".join(METHODS) + "}" in usage, usage
+
+
+def test_demo_refuses_half_a_pair_with_a_library_error(tmp_path):
+    from xharmonise.demo import run
+    from xharmonise.errors import InputValueError
+
+    pair = simulate_pair((100, 100), seed=0)
+    with pytest.raises(InputValueError, match="give both src and ref"):
+        run(tmp_path, src=pair.src, echo=lambda *a: None)
+    assert not list(tmp_path.iterdir())  # refused before any work
 
 
 # --------------------------------------------------------------------------- report, demo

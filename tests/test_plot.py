@@ -19,7 +19,7 @@ from PIL import Image
 import xharmonise
 from xharmonise import plot
 from xharmonise.errors import BandMismatchError, GridError, HarmoniseError, InputValueError
-from xharmonise.plot.figures import _shift_estimates
+from xharmonise.plot.figures import shift_estimates
 from xharmonise.simulate import simulate_pair
 
 SIZE = 400  # source pixels: 80 x 80 reference pixels, 16 patches of 16 x 16
@@ -125,7 +125,10 @@ def test_bcnet_report_is_self_contained(tmp_path, pair, bcnet, bcnet_prediction)
 
 
 def test_linear_report_says_there_is_no_history(tmp_path, pair, linear):
-    out = plot.report(linear, tmp_path / "linear.html", src=pair.src, title="Linear <test>")
+    prediction = xharmonise.predict(pair.src, linear)
+    out = plot.report(
+        linear, tmp_path / "linear.html", src=pair.src, prediction=prediction, title="Linear <test>"
+    )
 
     html = out.read_text(encoding="utf-8")
     _assert_self_contained(html)
@@ -159,12 +162,12 @@ def test_saved_model_and_rerun_replacing_stale_figures(tmp_path, bcnet, linear):
 
 
 def test_variance_map_only_with_a_variance_prediction(tmp_path, pair, bcnet, bcnet_prediction):
-    # What predict(..., variance=False) returns, without predicting again.
+    # What predict(..., with_variance=False) returns, without predicting again.
     without = bcnet_prediction.drop_vars("variance")
     out = plot.report(bcnet, tmp_path / "nv.html", src=pair.src, prediction=without)
 
     assert "variance_map" not in _pngs(tmp_path / "nv_files")
-    assert "predict with variance=True" in out.read_text(encoding="utf-8")
+    assert "predict with with_variance=True" in out.read_text(encoding="utf-8")
     with pytest.raises(InputValueError, match="variance=True"):
         plot.variance_map(without)
     fig = plot.variance_map(bcnet_prediction, band="B8")
@@ -212,7 +215,7 @@ def test_filters_only_for_bcnet(bcnet, calibnet):
     fig = plot.filters(bcnet)
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == bcnet.n_bands
-    shift = _shift_estimates(bcnet)["filter"]
+    shift = shift_estimates(bcnet)["filter"]
     for ax, band, (east, north) in zip(panels, bcnet.ref_bands, shift, strict=True):
         assert ax.get_title().startswith(f"{band}: E {east:+.2f} m, N {north:+.2f} m")
         assert ax.get_xlabel() == "east (m)"
@@ -268,7 +271,9 @@ def test_crop_reads_only_the_chunks_under_it(tmp_path, linear):
     assert sorted(computed) == [(0, i, j) for i in (1, 2, 3) for j in (1, 2, 3)]
 
     computed.clear()
-    plot.report(linear, tmp_path / "lazy.html", src=src, crop=(slice(10, 40), slice(600, 700)))
+    prediction = xharmonise.predict(src, linear)  # lazy: the report computes its window
+    window = (slice(10, 40), slice(600, 700))
+    plot.report(linear, tmp_path / "lazy.html", src=src, prediction=prediction, crop=window)
     assert sorted(computed) == [(0, 0, 2)]  # source and prediction share one read
 
 
@@ -282,7 +287,6 @@ def test_coregistered_prediction_is_on_the_source_grid(tmp_path, pair):
     out = plot.report(model, tmp_path / "co.html", src=pair.src, prediction=prediction)
     assert "rgb_crop" in _pngs(tmp_path / "co_files")
     assert "the source was corrected by the shift" in out.read_text(encoding="utf-8")
-    plot.report(model, tmp_path / "co2.html", src=pair.src)  # predicts the window itself
     # A move larger than the measured shift is another grid.
     far = prediction.assign_coords(x=prediction["x"] + 20.0)
     with pytest.raises(GridError, match="not on the source's grid"):
@@ -304,6 +308,11 @@ def test_bad_arguments_name_the_fix(tmp_path, pair, linear):
         plot.rgb_crop(pair.src, shifted)
     with pytest.raises(InputValueError, match="pass the source image"):
         plot.report(linear, path, prediction=prediction)
+    # The report never predicts: the caller gives the prediction it draws.
+    with pytest.raises(InputValueError, match=r"prediction=xharmonise\.predict\(src, model\)"):
+        plot.report(linear, path, src=pair.src)
+    with pytest.raises(InputValueError, match="crop= needs src= and prediction="):
+        plot.report(linear, path, crop=(slice(0, 10), slice(0, 10)))
     with pytest.raises(BandMismatchError, match="B8"):
         plot.scatter_density(linear, "B9")
     with pytest.raises(BandMismatchError, match="select"):

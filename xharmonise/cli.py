@@ -44,33 +44,35 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-if TYPE_CHECKING:
-    import xarray as xr
+import xharmonise
+from xharmonise.models.registry import METHODS
+from xharmonise.runfiles import (
+    InputError,
+    format_metrics,
+    one_line,
+    open_mask,
+    open_raster,
+    shift_estimates,
+)
 
-    from xharmonise.harmoniser import Harmoniser
+if TYPE_CHECKING:
     from xharmonise.store import StoreInfo
 
 __all__ = [
-    "InputError",
-    "format_metrics",
+    "build_parser",
     "format_store_info",
     "main",
-    "open_raster",
-    "shift_estimates",
+    "parse_bands",
+    "parse_offset",
+    "parse_scale",
 ]
 
 PROG = "xharmonise"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # Reading chunks: one Dask chunk per Zarr shard downstream (store.py's default shard).
 _CHUNK = 2048
-_METHODS = ("linear", "calibnet", "convcalibnet", "bcnet")
-
-
-class InputError(Exception):
-    """An input that cannot be opened or read, or an output that cannot be written."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,53 +83,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------- helpers
-def open_raster(path: str, *, what: str = "input", chunks: int = _CHUNK) -> xr.DataArray:
-    """Open a raster lazily as (band, y, x) with Dask chunks, or raise :class:`InputError`.
-
-    Parameters
-    ----------
-    path : str
-        A local file or anything rasterio reads (``/vsicurl/…``, ``s3://…``).
-    what : str
-        How to name the input in error messages ("the source", "the mask").
-    chunks : int
-        Chunk side in pixels along ``y`` and ``x``; bands are one chunk.
-
-    Returns
-    -------
-    xarray.DataArray
-        Integer DN keep their dtype, ``scale_factor``/``add_offset`` and no-data
-        attributes, which :func:`xharmonise.fit` turns into reflectance.
-    """
-    import rasterio.errors
-    import rioxarray
-    import xarray as xr
-
-    local = "://" not in path and not path.startswith("/vsi")
-    if local and not Path(path).is_file():
-        raise InputError(f"{what} {path} does not exist or is not a file")
-    try:
-        da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks})
-    except (rasterio.errors.RasterioError, OSError) as err:
-        raise InputError(f"cannot read {what} {path}: {_one_line(err)}") from err
-    # Files with subdatasets open as a Dataset, or a list of them when grids differ.
-    if not isinstance(da, xr.DataArray) or "band" not in da.dims:
-        raise InputError(
-            f"{what} {path} holds several subdatasets: open one of them (its GDAL name)"
-        )
-    return da
-
-
-def _open_mask(path: str, chunks: int) -> xr.DataArray:
-    # A 1-band 0/1 (or boolean) raster on the reference grid; no-data counts as clear.
-    mask = open_raster(path, what="the mask", chunks=chunks)
-    nodata = mask.rio.nodata
-    cloud = mask.isel(band=0) > 0
-    if nodata is not None:
-        cloud = cloud & (mask.isel(band=0) != nodata)
-    return cloud
-
-
 def parse_bands(text: str) -> dict[str, str] | list[str]:
     """Parse ``--bands``: ``"B0=B2,B1=B3"`` (pairs) or ``"B2,B3,B4,B8"`` (reference bands).
 
@@ -202,34 +157,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def format_metrics(model: Harmoniser) -> str:
-    """The model's test-split metrics as a text table: one row per band and metric.
-
-    Examples
-    --------
-    >>> import xharmonise
-    >>> from xharmonise.simulate import simulate_pair
-    >>> pair = simulate_pair((400, 400), seed=0)
-    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
-    >>> print(format_metrics(model).splitlines()[1])
-    band  metric                initial    linear     model
-    """
-    table = model.metrics
-    stages = [str(s) for s in table["stage"].values]
-    head = f"{'band':<5} {'metric':<18} " + " ".join(f"{s:>9}" for s in stages)
-    title = (
-        f"test-split metrics, reflectance units ({model.patches.get('train', 0)} train / "
-        f"{model.patches.get('test', 0)} test patches)"
-    )
-    lines = [title, head]
-    for band in table["band"].values:
-        for metric in table["metric"].values:
-            values = table.sel(band=band, metric=metric).values
-            cells = " ".join(f"{v:>9.4f}" for v in values)
-            lines.append(f"{band!s:<5} {metric!s:<18} {cells}")
-    return "\n".join(lines)
-
-
 def format_store_info(info: StoreInfo) -> str:
     """Text shown by ``xharmonise info``: one ``key  value`` line per fact."""
     status = (
@@ -261,10 +188,6 @@ def format_store_info(info: StoreInfo) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _cli_wording(message: str) -> str:
     # Library messages name keyword arguments; on the command line the fix is a flag.
     for api, flag in (("mode='w'", "--overwrite"), ("resume=True", "--resume")):
@@ -286,7 +209,7 @@ def _scheduler(address: str | None) -> Iterator[None]:
     try:
         client = Client(address, timeout="20s")
     except (OSError, TimeoutError) as err:
-        raise InputError(f"cannot reach the Dask scheduler at {address}: {_one_line(err)}") from err
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {one_line(err)}") from err
     with client:
         yield
 
@@ -297,11 +220,9 @@ def _echo(*args: Any) -> None:
 
 # --------------------------------------------------------------------------- commands
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import xharmonise
-
     src = open_raster(args.src, what="the source", chunks=args.chunks)
     ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
-    mask = _open_mask(args.mask, args.chunks) if args.mask else None
+    mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
     with _scheduler(None):
         model = xharmonise.fit(
             src,
@@ -330,34 +251,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def shift_estimates(model: Harmoniser) -> dict[str, tuple[float, float]]:
-    """The model's shift estimates, mean over bands, as ``{estimate: (east, north)}`` metres.
-
-    Empty when the model has none (only BCNet's filters and a fit-time phase correlation
-    give one).
-    """
-    try:
-        shift = model.shift
-    except AttributeError:
-        return {}
-    if "estimate" not in shift.dims:  # models with the filter estimate only
-        shift = shift.expand_dims(estimate=["filter"])
-    mean = shift.mean("band")
-    return {
-        str(e): (
-            float(mean.sel(estimate=e, axis="east")),
-            float(mean.sel(estimate=e, axis="north")),
-        )
-        for e in mean["estimate"].values
-    }
-
-
 def _format_shifts(shifts: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{name} ({e:+.2f}, {n:+.2f})" for name, (e, n) in shifts.items())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import xharmonise
     from xharmonise.errors import StoreExistsError
 
     model = xharmonise.load(args.model)
@@ -365,7 +263,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _scheduler(args.scheduler):
         out = xharmonise.predict(
-            src, model, variance=not args.no_variance, scale=args.scale, offset=args.offset
+            src, model, with_variance=not args.no_variance, scale=args.scale, offset=args.offset
         )
         try:
             xharmonise.to_zarr(
@@ -386,7 +284,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import xharmonise
     from xharmonise.plot import report
 
     model = xharmonise.load(args.model)
@@ -414,7 +311,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     try:
         info = describe(args.store)
     except FileNotFoundError as err:
-        raise InputError(f"{_one_line(err)}: check the path or URL") from None
+        raise InputError(f"{one_line(err)}: check the path or URL") from None
     _echo(format_store_info(info))
     return EXIT_OK
 
@@ -431,7 +328,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if given:
         src = open_raster(args.src, what="the source", chunks=args.chunks)
         ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
-        mask = _open_mask(args.mask, args.chunks) if args.mask else None
+        mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
     run(
         args.out,
         src=src,
@@ -479,11 +376,9 @@ def _common() -> _Parser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``xharmonise`` argument parser (subcommands fit, predict, report, info, demo)."""
-    from xharmonise import __doc__ as summary
-
     parser = _Parser(
         prog=PROG,
-        description=summary,
+        description=xharmonise.__doc__,
         epilog="Exit codes: 0 success, 1 error (bad or unreadable input), 2 usage error.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -509,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="high-resolution source raster (e.g. Pleiades, 2 m)")
     p.add_argument("ref", help="reference raster (e.g. Sentinel-2 L2A, 10 m)")
-    p.add_argument("--method", choices=_METHODS, default="calibnet", help="default calibnet")
+    p.add_argument("--method", choices=list(METHODS), default="calibnet", help="default calibnet")
     p.add_argument("--variance", action="store_true", help="add the variance head")
     p.add_argument(
         "--coregister",
@@ -608,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size", type=_positive, default=2000, metavar="PX", help="simulated source side"
     )
-    p.add_argument("--method", choices=_METHODS, default="bcnet", help="default bcnet")
+    p.add_argument("--method", choices=list(METHODS), default="bcnet", help="default bcnet")
     p.add_argument(
         "--variance",
         action=argparse.BooleanOptionalAction,
@@ -624,9 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import version
-
-    return f"{PROG} {version('xharmonise')}"
+    return f"{PROG} {xharmonise.__version__}"
 
 
 @contextmanager
@@ -634,7 +527,7 @@ def _one_line_warnings() -> Iterator[None]:
     """Show warnings as ``xharmonise: warning: …`` lines instead of file:line + source."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+        print(f"{PROG}: warning: {one_line(message)}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
@@ -690,13 +583,13 @@ def _describe(err: Exception) -> str:
 
     from xharmonise.errors import HarmoniseError
 
-    if isinstance(err, HarmoniseError | InputError):
-        return _one_line(err)
+    if isinstance(err, HarmoniseError):
+        return one_line(err)
     if isinstance(err, rasterio.errors.RasterioError | OSError):
         # Raised while Dask reads or writes blocks: a file went missing, a disk filled up.
-        return f"{type(err).__name__}: {_one_line(err)}"
+        return f"{type(err).__name__}: {one_line(err)}"
     return (
-        f"unexpected {type(err).__name__}: {_one_line(err)} (rerun with --debug for the "
+        f"unexpected {type(err).__name__}: {one_line(err)} (rerun with --debug for the "
         "traceback, and please report it)"
     )
 

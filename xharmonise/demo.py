@@ -17,11 +17,15 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from xharmonise.errors import InputValueError
+from xharmonise.models.registry import MethodName
+from xharmonise.runfiles import format_metrics, open_mask, open_raster, shift_estimates
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
     from xharmonise.simulate import SimulatedPair
 
-__all__ = ["SCENARIO", "DemoResult", "main", "run"]
+__all__ = ["SCENARIO", "DemoResult", "run"]
 
 #: The simulated scene: what the paper shows BCNet + variance head copes with.
 SCENARIO: dict[str, Any] = {
@@ -80,7 +84,7 @@ def run(
     ref: xr.DataArray | None = None,
     mask: xr.DataArray | None = None,
     size: int = 2000,
-    method: str = "bcnet",
+    method: MethodName = "bcnet",
     variance: bool = True,
     iterations: int | None = None,
     patch_size: int = 32,
@@ -124,8 +128,12 @@ def run(
 
     Raises
     ------
-    ValueError
+    InputValueError
         Only one of ``src`` and ``ref`` given.
+    HarmoniseError
+        Whatever :func:`xharmonise.fit`, :func:`xharmonise.predict` and
+        :func:`xharmonise.to_zarr` refuse: every error the demo raises on bad input is
+        one.
 
     Examples
     --------
@@ -135,11 +143,10 @@ def run(
     ['harmonised.zarr', 'inputs', 'model.safetensors', 'report.html']
     """
     if (src is None) != (ref is None):
-        raise ValueError("give both src and ref, or neither to simulate a pair")
+        raise InputValueError("give both src and ref, or neither to simulate a pair")
     import dask
 
     import xharmonise
-    from xharmonise.cli import format_metrics, open_raster
     from xharmonise.plot import report
 
     out = Path(out)
@@ -162,7 +169,7 @@ def run(
             # From here on the demo works from the files, exactly as on real rasters.
             src = open_raster(str(paths["src"]), what="the source", chunks=chunks)
             ref = open_raster(str(paths["ref"]), what="the reference", chunks=chunks)
-            mask = open_raster(str(paths["mask"]), what="the mask", chunks=chunks)[0] > 0
+            mask = open_mask(str(paths["mask"]), chunks=chunks)
             echo(_describe_pair(pair, size, lap("simulate")))
             echo(f"inputs: {paths['src']}, {paths['ref']}, {paths['mask']}")
         else:
@@ -267,13 +274,12 @@ def _score_against_truth(
     import dask
 
     import xharmonise
-    from xharmonise.cli import shift_estimates
 
     ny, nx = pair.truth.reflectance.shape[1:]
     step = max(1, math.ceil(math.sqrt(ny * nx / _MAX_SCORED)))
     pick = {"y": slice(None, None, step), "x": slice(None, None, step)}
-    # The linear baseline at 2 m: the same model file's linear map, applied pixelwise.
-    linear = replace(model, method="linear", net=None, variance=False)
+    # The linear baseline at 2 m: the same fit's linear map, applied pixelwise.
+    linear = model.baseline()
     lazy = {
         "truth": pair.truth.reflectance.isel(pick).data,
         "clouds": pair.truth.src_clouds.isel(pick).data,
@@ -304,8 +310,6 @@ def _score_against_truth(
 
 
 def _describe_truth(scores: dict[str, float], pair: SimulatedPair, model: Harmoniser) -> str:
-    from xharmonise.cli import shift_estimates
-
     lines = [
         "against the simulator's truth at 2 m (clear pixels): RMSE "
         f"initial {scores['rmse_initial']:.4f}, linear {scores['rmse_linear']:.4f}, "
@@ -326,12 +330,10 @@ def _describe_truth(scores: dict[str, float], pair: SimulatedPair, model: Harmon
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m xharmonise.demo [options]``: same as ``xharmonise demo [options]``."""
-    from xharmonise.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The command line lives in xharmonise.cli, which imports this module: a second way
+    # in from here would make the two import each other.
+    sys.exit(
+        "python -m xharmonise.demo is gone: run `xharmonise demo` (or `python -m "
+        "xharmonise demo`), with the same options"
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -18,14 +18,10 @@ from matplotlib.ticker import FormatStrFormatter
 
 from xharmonise.errors import BandMismatchError, GridError, InputValueError
 from xharmonise.grid import centred_window
+from xharmonise.plot.figures import DPI, new_figure
 from xharmonise.scaling import as_band_array, band_names, to_reflectance
 
-if TYPE_CHECKING:
-    pass
-
-from xharmonise.plot.figures import _DPI, _figure
-
-__all__ = ["rgb_crop", "variance_map"]
+__all__ = ["Crop", "compute_crop", "draw_rgb", "draw_variance", "rgb_crop", "variance_map"]
 
 # Default before/after window: large enough to judge texture, small enough to compute
 # quickly and to show at one screen pixel per image pixel.
@@ -158,31 +154,85 @@ def _rgb_indices(ref_names: Sequence[str], src_names: Sequence[str]) -> tuple[li
     return ([2, 1, 0] if n >= 3 else [0, 0, 0]), False
 
 
-@dataclass
-class _Crop:
-    """Computed (NumPy) crop of a source / prediction pair, plus what the titles need."""
+@dataclass(frozen=True)
+class Crop:
+    """A computed window of a source image and its prediction, and what titles need.
 
-    before: np.ndarray | None  # (band, y, x) source reflectance
-    after: np.ndarray | None  # (band, y, x) prediction
+    Attributes
+    ----------
+    before : numpy.ndarray or None
+        (band, y, x) source reflectance, bands paired with ``after``'s; None when not
+        asked for.
+    after : numpy.ndarray
+        (band, y, x) prediction.
+    variance : numpy.ndarray or None
+        (band, y, x) predictive variance; None when not asked for.
+    src_names, ref_names : list of str
+        Band names of ``before`` and ``after``.
+    window : (slice, slice)
+        Rows and columns of the window in the image's pixels.
+    pixel : float or None
+        Pixel size in CRS units, when the image has coordinates.
+    """
+
+    before: np.ndarray | None
+    after: np.ndarray
     variance: np.ndarray | None
     src_names: list[str]
     ref_names: list[str]
     window: tuple[slice, slice]
     pixel: float | None
 
+    def describe(self) -> str:
+        """Where the window lies, e.g. ``rows 0:512, cols 0:512 (512 x 512 px, 2 m pixels)``."""
+        (ys, xs), px = self.window, self.pixel
+        size = f"{ys.stop - ys.start} x {xs.stop - xs.start} px"
+        res = f", {px:g} m pixels" if px else ""
+        return f"rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop} ({size}{res})"
 
-def _compute_crop(
+
+def compute_crop(
     src: xr.DataArray | xr.Dataset | None,
     prediction: xr.Dataset | xr.DataArray,
-    crop: Sequence[slice] | None,
+    crop: Sequence[slice] | None = None,
     *,
-    scale: float | None,
+    scale: float | None = None,
     offset: float | None = None,
-    need_src: bool,
-    need_variance: bool,
-    origin: tuple[int, int] = (0, 0),
-) -> _Crop:
-    """Select the window lazily and compute only it, everything in one Dask pass."""
+    need_src: bool = True,
+    need_variance: bool = False,
+) -> Crop:
+    """Select a window of ``src`` and ``prediction`` lazily and compute only it.
+
+    Everything is computed in one Dask pass, so the source chunks under the window are
+    read once for the source and its prediction together.
+
+    Parameters
+    ----------
+    src : xarray.DataArray, optional
+        The source (band, y, x) ``prediction`` was computed from; needed when
+        ``need_src``.
+    prediction : xarray.Dataset
+        From :func:`xharmonise.predict`, usually lazy.
+    crop : (slice, slice), optional
+        Window (y, x) in pixels; by default a centred window of at most 512 x 512.
+    scale, offset : float, optional
+        Reflectance = DN x scale + offset for an integer ``src``.
+    need_src, need_variance : bool
+        Compute the source window, the variance window.
+
+    Returns
+    -------
+    Crop
+
+    Raises
+    ------
+    InputValueError
+        ``crop`` outside the image, ``src`` missing, or no variance when one is needed.
+    GridError
+        ``prediction`` is not on ``src``'s grid.
+    BandMismatchError
+        The bands of ``src`` and ``prediction`` cannot be paired.
+    """
     import dask
 
     pred, var = _prediction_parts(prediction)
@@ -208,46 +258,34 @@ def _compute_crop(
     if need_variance and var is None:
         raise InputValueError(
             "the prediction has no 'variance' variable: fit the model with variance=True "
-            "and predict with variance=True"
+            "and predict with with_variance=True"
         )
     lazy = [
         before,
         pred.isel(sel),
         var.isel(sel) if (need_variance and var is not None) else None,
     ]
-    # One compute: the source chunks under the window are read once for both images.
     b, a, v = dask.compute(*lazy)
     pixel = None
     if "x" in pred.coords and pred.sizes["x"] > 1:
         pixel = abs(float(pred["x"].values[1] - pred["x"].values[0]))
-    return _Crop(
+    return Crop(
         before=None if b is None else np.asarray(b.values, dtype=np.float32),
         after=np.asarray(a.values, dtype=np.float32),
         variance=None if v is None else np.asarray(v.values, dtype=np.float32),
         src_names=src_names,
         ref_names=[str(n) for n in pred["band"].values] if "band" in pred.coords else [],
-        # Labelled in the full image's pixels when given a piece of it.
-        window=(
-            slice(window[0].start + origin[0], window[0].stop + origin[0]),
-            slice(window[1].start + origin[1], window[1].stop + origin[1]),
-        ),
+        window=window,
         pixel=pixel,
     )
 
 
-def _where(c: _Crop) -> str:
-    (ys, xs), px = c.window, c.pixel
-    size = f"{ys.stop - ys.start} x {xs.stop - xs.start} px"
-    res = f", {px:g} m pixels" if px else ""
-    return f"rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop} ({size}{res})"
-
-
-def _panel_size(c: _Crop) -> tuple[float, float]:
+def _panel_size(c: Crop) -> tuple[float, float]:
     """Panel size in inches showing the crop at one screen pixel per image pixel at least."""
     h, w = c.window[0].stop - c.window[0].start, c.window[1].stop - c.window[1].start
     # Small crops are magnified by an integer factor (nearest neighbour) to stay legible.
     zoom = max(1, int(np.ceil(320 / max(h, w))))
-    return w * zoom / _DPI, h * zoom / _DPI
+    return w * zoom / DPI, h * zoom / DPI
 
 
 def _stretch(*images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -274,13 +312,23 @@ def _to_rgb(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.moveaxis(rgb, 0, -1)
 
 
-def _rgb_figure(c: _Crop) -> Figure:
-    assert c.before is not None and c.after is not None
+def draw_rgb(c: Crop) -> Figure:
+    """The before/after colour composites of a computed crop (see :func:`rgb_crop`).
+
+    Raises
+    ------
+    InputValueError
+        The crop was computed without its source (``need_src=False``).
+    """
+    if c.before is None:
+        raise InputValueError(
+            "the crop holds no source window: compute it with need_src=True (and src=)"
+        )
     idx, known = _rgb_indices(c.ref_names, c.src_names)
     before, after = c.before[idx], c.after[idx]
     lo, hi = _stretch(before, after)
     w, h = _panel_size(c)
-    fig = _figure(max(2 * w + 0.4, 7.0), h + 0.9)  # wide enough for the titles
+    fig = new_figure(max(2 * w + 0.4, 7.0), h + 0.9)  # wide enough for the titles
     axes = fig.subplots(1, 2)
 
     def names(all_names: list[str]) -> str:
@@ -296,15 +344,28 @@ def _rgb_figure(c: _Crop) -> Figure:
         ax.set_axis_off()
     nodata = not (np.isfinite(before).all() and np.isfinite(after).all())
     fig.suptitle(
-        f"{_where(c)}; one linear stretch for both images and all channels"
+        f"{c.describe()}; one linear stretch for both images and all channels"
         + ("; grey: no-data" if nodata else ""),
         fontsize=9,
     )
     return fig
 
 
-def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
-    assert c.variance is not None
+def draw_variance(c: Crop, band: str | int | None = None) -> Figure:
+    """The variance map of a computed crop (see :func:`variance_map`).
+
+    Raises
+    ------
+    InputValueError
+        The crop was computed without the variance (``need_variance=False``).
+    BandMismatchError
+        ``band`` is not one of the prediction's bands.
+    """
+    if c.variance is None:
+        raise InputValueError(
+            "the crop holds no variance: compute it with need_variance=True from a "
+            "prediction with a 'variance' variable"
+        )
     if band is None:
         # Clouds and changes raise the variance of every band: the band mean shows them.
         # (np.nanmean would warn on no-data pixels, NaN in every band.)
@@ -339,7 +400,7 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
     w, h = _panel_size(c)
     # A wide window gets its colourbar below, where it has room for its ticks.
     wide = w > 1.6 * h
-    fig = _figure(max(w + (0.3 if wide else 1.4), 5.0), h + (1.8 if wide else 0.9))
+    fig = new_figure(max(w + (0.3 if wide else 1.4), 5.0), h + (1.8 if wide else 0.9))
     ax = fig.subplots()
     cmap = colormaps["magma"].with_extremes(bad=(_NODATA_GREY,) * 3)
     masked = np.ma.masked_invalid(np.where(values > 0, values, np.nan))
@@ -364,7 +425,7 @@ def _variance_figure(c: _Crop, band: str | int | None) -> Figure:
     bar.update_ticks()
     ax.set_title(f"predictive variance σ², {what}, log scale\nhigh = low confidence", fontsize=10)
     nodata = not np.isfinite(values).all()
-    fig.suptitle(_where(c) + ("; grey: no-data" if nodata else ""), fontsize=9)
+    fig.suptitle(c.describe() + ("; grey: no-data" if nodata else ""), fontsize=9)
     return fig
 
 
@@ -418,10 +479,10 @@ def rgb_crop(
     >>> fig.axes[1].get_title()
     'after: prediction B4/B3/B2'
     """
-    c = _compute_crop(
+    c = compute_crop(
         src, prediction, crop, scale=scale, offset=offset, need_src=True, need_variance=False
     )
-    return _rgb_figure(c)
+    return draw_rgb(c)
 
 
 def variance_map(
@@ -462,5 +523,5 @@ def variance_map(
     >>> fig.axes[1].get_ylabel()
     'σ² (reflectance²)'
     """
-    c = _compute_crop(None, prediction, crop, scale=None, need_src=False, need_variance=True)
-    return _variance_figure(c, band)
+    c = compute_crop(None, prediction, crop, need_src=False, need_variance=True)
+    return draw_variance(c, band)

@@ -4,6 +4,7 @@ BCNet's learned filters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,16 +15,28 @@ from matplotlib.patches import Circle
 from matplotlib.ticker import MaxNLocator
 
 from xharmonise.errors import BandMismatchError, InputValueError
+from xharmonise.models.registry import METHODS, Method, method
 
 if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
 
-__all__ = ["filters", "loss_curves", "metric_bars", "scatter_density"]
+__all__ = [
+    "DPI",
+    "METRIC_LABELS",
+    "filters",
+    "loss_curves",
+    "metric_bars",
+    "new_figure",
+    "scatter_density",
+    "shift_estimates",
+    "shown_stages",
+]
 
 # One colour per stage everywhere (bars, legends), so the eye learns it once.
 _STAGE_COLOURS = {"initial": "#9a9a9a", "linear": "#3b75af", "model": "#d1495b"}
 
-_METRIC_LABELS = {
+#: Title and reading hint of each metric of ``Harmoniser.metrics``.
+METRIC_LABELS = {
     "rmse": ("RMSE", "lower is better"),
     "r2": ("R²", "higher is better"),
     "explained_variance": ("explained variance", "higher is better"),
@@ -35,20 +48,29 @@ _METRIC_LABELS = {
 # the useful range (0..1) stays readable.
 _SCORE_FLOOR = -1.0
 
-_DPI = 100
+#: Resolution of every figure, in dots per inch (and of the PNG files written from them).
+DPI = 100
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches at :data:`DPI`, drawn by Agg.
+
+    Built without pyplot, so nothing enters pyplot's global state and no GUI backend is
+    selected.
+    """
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # Agg explicitly: rendering never depends on a display
     return fig
 
 
-def _stages(model: Harmoniser) -> list[str]:
+def shown_stages(model: Harmoniser) -> list[str]:
+    """The metric stages worth showing: ``initial``, ``linear``, ``model`` as measured.
+
+    A model without a network has its ``model`` stage equal to the linear baseline, so
+    it is left out rather than suggest a difference that does not exist.
+    """
     stages = [str(s) for s in model.metrics["stage"].values]
-    # A linear model's "model" stage is the linear baseline itself: showing it twice
-    # would only suggest a difference that does not exist.
-    if model.method == "linear" and "linear" in stages and "model" in stages:
+    if not method(model.method).neural and "linear" in stages and "model" in stages:
         stages.remove("model")
     return stages
 
@@ -128,7 +150,7 @@ def scatter_density(model: Harmoniser, band: str | int, *, bins: int | None = No
     samples = _require_samples(model)
     i = _band_index(model, band)
     ref, src = model.ref_bands[i], model.src_bands[i]
-    stages = [s for s in _stages(model) if s in samples]
+    stages = [s for s in shown_stages(model) if s in samples]
     target = samples["target"][:, i].astype(np.float64)
     values = {s: samples[s][:, i].astype(np.float64) for s in stages}
     finite = np.isfinite(target)
@@ -150,7 +172,7 @@ def scatter_density(model: Harmoniser, band: str | int, *, bins: int | None = No
     norm = LogNorm(vmin=1, vmax=max(1.0, max(float(c.max()) for c in counts.values())))
 
     # Square cells for square (equal-aspect) panels: no gap before the colourbar.
-    fig = _figure(3.7 * len(stages) + 1.1, 4.4)
+    fig = new_figure(3.7 * len(stages) + 1.1, 4.4)
     axes = fig.subplots(1, len(stages), sharex=True, sharey=True, squeeze=False)[0]
     mesh = None
     for ax, stage in zip(axes, stages, strict=True):
@@ -215,13 +237,13 @@ def loss_curves(model: Harmoniser) -> Figure:
         raise InputValueError(
             f"the {model.method} model has no training history ({model.method} models are "
             "fitted in closed form): loss curves exist for models fitted with "
-            "method='calibnet', 'convcalibnet' or 'bcnet'"
+            f"{_methods_where(lambda m: m.neural)}"
         )
     it = np.asarray(h["iteration"], dtype=float)
     train = np.asarray(h["train_loss"], dtype=float)
     val = np.asarray(h["val_loss"], dtype=float)
     marker = "o" if len(it) <= 40 else None
-    fig = _figure(7.5, 4.5)
+    fig = new_figure(7.5, 4.5)
     ax = fig.subplots()
     ax.plot(
         it, train, marker=marker, ms=4, color="#6a6a6a", label="training (mean since last check)"
@@ -301,17 +323,17 @@ def metric_bars(model: Harmoniser) -> Figure:
     ['RMSE (lower is better)', 'R² (higher is better)']
     """
     table = model.metrics
-    stages = _stages(model)
+    stages = shown_stages(model)
     bands = [str(b) for b in table["band"].values]
     metrics = [str(m) for m in table["metric"].values]
     ncols = 2 if len(metrics) > 1 else 1
     nrows = int(np.ceil(len(metrics) / ncols))
-    fig = _figure(max(6.0, 1.2 * len(bands) * ncols + 2.0), 3.2 * nrows + 0.6)
+    fig = new_figure(max(6.0, 1.2 * len(bands) * ncols + 2.0), 3.2 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     x = np.arange(len(bands))
     width = 0.8 / len(stages)
     for ax, metric in zip(axes, metrics, strict=False):
-        name, better = _METRIC_LABELS.get(metric, (metric, ""))
+        name, better = METRIC_LABELS.get(metric, (metric, ""))
         score = metric in ("r2", "explained_variance")
         lowest, clipped = 0.0, False
         for k, stage in enumerate(stages):
@@ -370,7 +392,7 @@ def filters(model: Harmoniser) -> Figure:
     Parameters
     ----------
     model : Harmoniser
-        A ``bcnet`` model.
+        A model with learned filters (``bcnet``).
 
     Returns
     -------
@@ -379,7 +401,7 @@ def filters(model: Harmoniser) -> Figure:
     Raises
     ------
     InputValueError
-        The model is not a ``bcnet`` model.
+        The model has no learned filters.
 
     Examples
     --------
@@ -391,13 +413,14 @@ def filters(model: Harmoniser) -> Figure:
     >>> len([ax for ax in filters(model).axes if ax.get_label() != "<colorbar>"])
     4
     """
-    if model.method != "bcnet":
+    if not method(model.method).has_filters:
         raise InputValueError(
-            f"{model.method} models have no learned filters: fit with method='bcnet' to "
-            "learn the MTF and registration filters"
+            f"{model.method} models have no learned filters: fit with "
+            f"{_methods_where(lambda m: m.has_filters)} to learn the MTF and registration "
+            "filters"
         )
     k = model.filters
-    shifts = _shift_estimates(model)
+    shifts = shift_estimates(model)
     px = model.src_pixel_size
     kx, ky = np.asarray(k["kx"].values), np.asarray(k["ky"].values)
     extent = (kx[0] - px / 2, kx[-1] + px / 2, ky[-1] - px / 2, ky[0] + px / 2)
@@ -409,7 +432,7 @@ def filters(model: Harmoniser) -> Figure:
     cy = np.einsum("cyx,y->c", weights, ky) / total
     vmax = float(weights.max())
     n = k.sizes["band"]
-    fig = _figure(2.9 * n + 1.0, 3.9)
+    fig = new_figure(2.9 * n + 1.0, 3.9)
     axes = fig.subplots(1, n, squeeze=False)[0]
     image = None
     for i, ax in enumerate(axes):
@@ -449,8 +472,19 @@ def filters(model: Harmoniser) -> Figure:
     return fig
 
 
-def _shift_estimates(model: Harmoniser) -> dict[str, np.ndarray]:
-    """``model.shift`` as {estimate: (band, 2) east/north metres}; {} when there is none."""
+def _methods_where(has: Callable[[Method], bool]) -> str:
+    """``method='a', 'b' or 'c'``: the registry's methods that ``has`` holds for."""
+    names = [f"'{m.name}'" for m in METHODS.values() if has(m)]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"method={listed}"
+
+
+def shift_estimates(model: Harmoniser) -> dict[str, np.ndarray]:
+    """``model.shift`` as ``{estimate: (band, 2) east/north metres}``; {} when there is none.
+
+    The estimates are ``filter`` (learned filters' centroids) and ``phase_correlation``
+    (measured at fit time), as the model holds them.
+    """
     try:
         s = model.shift
     except AttributeError:

@@ -18,35 +18,24 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from xharmonise.errors import InputValueError
-from xharmonise.plot.crops import (
-    _as_dataarray,
-    _compute_crop,
-    _Crop,
-    _resolve_crop,
-    _rgb_figure,
-    _variance_figure,
-    _where,
-)
+from xharmonise.models.registry import method
+from xharmonise.plot.crops import Crop, compute_crop, draw_rgb, draw_variance
 from xharmonise.plot.figures import (
-    _DPI,
-    _METRIC_LABELS,
-    _shift_estimates,
-    _stages,
+    DPI,
+    METRIC_LABELS,
     filters,
     loss_curves,
     metric_bars,
     scatter_density,
+    shift_estimates,
+    shown_stages,
 )
-from xharmonise.scaling import scaling_like_training
+from xharmonise.scaling import as_band_array, scaling_like_training
 
 if TYPE_CHECKING:
     from xharmonise.harmoniser import Harmoniser
 
 __all__ = ["report"]
-
-# Pixels predicted around the window when report() predicts it itself: more than the
-# receptive field of any model (pixelwise ones need none), so the window is exact.
-_PREDICT_MARGIN = 16
 
 # Files report() writes into its folder; only these are replaced on a rerun.
 _FIGURE_PREFIXES = ("metrics", "scatter_", "loss_curves", "filters", "rgb_crop", "variance_map")
@@ -73,7 +62,7 @@ figure img{max-width:100%;height:auto;display:block}
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No "Software" text chunk: the PNG (and so the report) carries no URL or version.
-    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -97,10 +86,10 @@ def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
 
 def _metrics_table(model: Harmoniser) -> str:
     table = model.metrics
-    stages = _stages(model)
+    stages = shown_stages(model)
     metrics = [str(m) for m in table["metric"].values]
     head1 = "<th class='k' rowspan='2'>band</th>" + "".join(
-        f"<th colspan='{len(stages)}'>{html.escape(_METRIC_LABELS.get(m, (m,))[0])}</th>"
+        f"<th colspan='{len(stages)}'>{html.escape(METRIC_LABELS.get(m, (m,))[0])}</th>"
         for m in metrics
     )
     head2 = "".join(f"<th>{html.escape(s)}</th>" for _ in metrics for s in stages)
@@ -166,7 +155,7 @@ def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
     else:
         rows.append(("training", "none: least squares in closed form (no iterations)"))
     names = {"filter": "BCNet filter centroids", "phase_correlation": "phase correlation"}
-    for estimate, values in _shift_estimates(model).items():
+    for estimate, values in shift_estimates(model).items():
         e, n = values.mean(axis=0)
         rows.append(
             (
@@ -174,15 +163,21 @@ def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
                 f"east {e:+.2f} m, north {n:+.2f} m",
             )
         )
-    reg = getattr(model, "coregistration", None)
-    if isinstance(reg, dict) and reg.get("applied"):
-        rows.append(("co-registration", "the source was corrected by the shift before training"))
+    if model.applied_shift is not None:
+        east, north = model.applied_shift
+        rows.append(
+            (
+                "co-registration",
+                f"the source was corrected by the shift (east {east:+.2f} m, north "
+                f"{north:+.2f} m) before training",
+            )
+        )
     if model.samples and "target" in model.samples:
         rows.append(("scatter-plot samples", f"{len(model.samples['target'])} test-split pixels"))
     return rows
 
 
-def _provenance_rows(model: Harmoniser, src: Any, c: _Crop | None) -> list[tuple[str, str]]:
+def _provenance_rows(model: Harmoniser, src: Any, c: Crop | None) -> list[tuple[str, str]]:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
     rows = [("report written (UTC)", now)]
     rows.append(
@@ -194,20 +189,13 @@ def _provenance_rows(model: Harmoniser, src: Any, c: _Crop | None) -> list[tuple
             ),
         )
     )
-    g = model.grid or {}
-    if g.get("crs"):
-        try:
-            from pyproj import CRS
-
-            crs = CRS.from_user_input(g["crs"])
-            epsg = crs.to_epsg()
-            rows.append(("training grid CRS", crs.name + (f" (EPSG:{epsg})" if epsg else "")))
-        except Exception:  # a CRS pyproj cannot read is still worth showing raw
-            rows.append(("training grid CRS", str(g["crs"])[:200]))
-    if g.get("ref_transform") is not None:
-        t = ", ".join(f"{v:.12g}" for v in g["ref_transform"])
-        shape = " x ".join(str(v) for v in g.get("ref_shape", []))
-        rows.append(("reference grid (transform; shape)", f"{t}; {shape}"))
+    ref = model.grid.ref
+    if ref.crs is not None:
+        epsg = ref.crs.epsg
+        rows.append(("training grid CRS", ref.crs.proj.name + (f" (EPSG:{epsg})" if epsg else "")))
+    t = ", ".join(f"{v:.12g}" for v in list(ref.affine)[:6])
+    shape = " x ".join(str(v) for v in tuple(ref.shape))
+    rows.append(("reference grid (transform; shape)", f"{t}; {shape}"))
     if np.issubdtype(np.dtype(model.src_dtype), np.integer):
         scaling = f"reflectance = DN × {model.src_scale:g} + {model.src_offset:g}"
     else:
@@ -222,7 +210,7 @@ def _provenance_rows(model: Harmoniser, src: Any, c: _Crop | None) -> list[tuple
         if da_ is not None and da_.chunks:
             what += f", Dask chunks {tuple(ch[0] for ch in da_.chunks)}"
         rows.append(("image", what))
-        rows.append(("image crop", _where(c)))
+        rows.append(("image crop", c.describe()))
     return rows
 
 
@@ -251,11 +239,12 @@ def report(
 
     The report holds the model summary, the test metrics (table and bars), density
     scatter plots per band, the training curves (or a note that a linear model has
-    none), BCNet's learned filters, and, given ``src``, a before/after colour crop at
-    full resolution and the predictive variance map (models with a variance head),
-    then the provenance. Images are embedded as ``data:`` URIs and the CSS is inline:
-    the file opens offline and can be mailed as is. The same figures are written as
-    ``<stem>_files/*.png`` next to it.
+    none), the learned filters (BCNet), and, given ``src`` and its ``prediction``, a
+    before/after colour crop at full resolution and the predictive variance map (a
+    prediction with a variance), then the provenance. The report never predicts: it
+    draws the ``prediction`` it is given, and computes only the window it shows. Images
+    are embedded as ``data:`` URIs and the CSS is inline: the file opens offline and can
+    be mailed as is. The same figures are written as ``<stem>_files/*.png`` next to it.
 
     Parameters
     ----------
@@ -267,8 +256,8 @@ def report(
         The source image (band, y, x), for the before/after crop. Dask-backed images are
         read under the crop only.
     prediction : xarray.Dataset, optional
-        :func:`xharmonise.predict` of ``src`` (e.g. read back from Zarr); by default it
-        is predicted lazily from ``src`` (for the crop only).
+        :func:`xharmonise.predict` of ``src``, lazy or read back from Zarr; given with
+        ``src`` and only then.
     crop : (slice, slice), optional
         Window (y, x) in pixels of ``src``; by default a centred window of at most
         512 x 512 pixels.
@@ -287,7 +276,8 @@ def report(
     Raises
     ------
     InputValueError
-        ``prediction`` without ``src``, or ``crop`` outside the image.
+        ``src`` without ``prediction`` or the other way round, or ``crop`` outside the
+        image.
     GridError
         ``prediction`` is not on ``src``'s grid.
     BandMismatchError
@@ -297,11 +287,12 @@ def report(
     --------
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from xharmonise import fit
+    >>> from xharmonise import fit, predict
     >>> from xharmonise.simulate import simulate_pair
     >>> pair = simulate_pair((200, 200), seed=0)
     >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
-    >>> out = report(model, Path(tempfile.mkdtemp()) / "report.html", src=pair.src)
+    >>> out = report(model, Path(tempfile.mkdtemp()) / "report.html", src=pair.src,
+    ...              prediction=predict(pair.src, model))
     >>> sorted(p.stem for p in out.with_name("report_files").iterdir())
     ['metrics', 'rgb_crop', 'scatter_B2', 'scatter_B3', 'scatter_B4', 'scatter_B8']
     """
@@ -311,45 +302,29 @@ def report(
             "prediction= was given without src=: pass the source image it was computed "
             "from as well (src=..., prediction=xharmonise.predict(src, model))"
         )
+    if src is not None and prediction is None:
+        raise InputValueError(
+            "src= was given without prediction=: pass its prediction as well, "
+            "prediction=xharmonise.predict(src, model) (lazy on a Dask-backed src: the "
+            "report computes the window it draws only)"
+        )
+    if crop is not None and src is None:
+        raise InputValueError("crop= needs src= and prediction=: pass the image to crop")
     crop_data = None
-    if src is not None:
-        src_da = _as_dataarray(src, "the source")
+    if src is not None and prediction is not None:
+        src_da = as_band_array(src, "the source")
         scale, offset = scaling_like_training(
             src_da, (model.src_dtype, model.src_scale, model.src_offset), scale=scale, offset=offset
         )
-        origin = (0, 0)
-        if prediction is None:
-            from xharmonise.api import predict
-
-            # Predict the window only (with a margin for models that look at neighbours):
-            # a NumPy-backed src would otherwise be predicted whole.
-            ny, nx = src_da.sizes["y"], src_da.sizes["x"]
-            ys, xs = _resolve_crop((ny, nx), crop)
-            m = _PREDICT_MARGIN
-            outer = (
-                slice(max(0, ys.start - m), min(ny, ys.stop + m)),
-                slice(max(0, xs.start - m), min(nx, xs.stop + m)),
-            )
-            origin = (outer[0].start, outer[1].start)
-            src_da = src_da.isel(y=outer[0], x=outer[1])
-            prediction = predict(src_da, model, scale=scale, offset=offset)
-            crop = (
-                slice(ys.start - origin[0], ys.stop - origin[0]),
-                slice(xs.start - origin[1], xs.stop - origin[1]),
-            )
-        has_var = isinstance(prediction, xr.Dataset) and "variance" in prediction
-        crop_data = _compute_crop(
+        crop_data = compute_crop(
             src_da,
             prediction,
             crop,
             scale=scale,
             offset=offset,
             need_src=True,
-            need_variance=has_var,
-            origin=origin,
+            need_variance=isinstance(prediction, xr.Dataset) and "variance" in prediction,
         )
-    elif crop is not None:
-        raise InputValueError("crop= needs src=: pass the image to crop")
 
     figures: dict[str, tuple[str, str, bytes]] = {}
 
@@ -394,7 +369,7 @@ def report(
             f"No training history: {model.method} models are fitted by least squares in "
             "closed form, without iterations, so there are no loss curves."
         )
-    if model.method == "bcnet":
+    if method(model.method).has_filters:
         add(
             "filters",
             "BCNet's learned filters at source resolution: the centroid (+) estimates the "
@@ -407,14 +382,14 @@ def report(
             "Before (source) and after (harmonised) at full resolution, one stretch for "
             "both: colours and brightness should move towards the reference while the "
             "detail stays.",
-            lambda: _rgb_figure(crop_data),
+            lambda: draw_rgb(crop_data),
         )
         if crop_data.variance is not None:
             add(
                 "variance_map",
                 "Predictive variance of the same window (log scale): clouds, shadows and "
                 "changes between the dates stand out as low-confidence pixels.",
-                lambda: _variance_figure(crop_data, None),
+                lambda: draw_variance(crop_data),
             )
 
     # Write the PNGs; stale figures of an earlier report (e.g. filters of another
@@ -467,7 +442,7 @@ def report(
     parts.append("<h2 id='image'>Image</h2>")
     if crop_data is None:
         parts.append(
-            "<p class='note'>No image was given: pass src= (and prediction=) to see a "
+            "<p class='note'>No image was given: pass src= and prediction= to see a "
             "before/after crop and, with a variance head, the variance map.</p>"
         )
     else:
@@ -477,7 +452,7 @@ def report(
         elif model.variance:
             parts.append(
                 "<p class='note'>The prediction has no variance: predict with "
-                "variance=True to see the variance map.</p>"
+                "with_variance=True to see the variance map.</p>"
             )
     parts += [
         "<h2 id='provenance'>Provenance</h2>",

@@ -1,0 +1,164 @@
+"""What the command line and the demo share: the rasters a user names, and the text
+printed about a fitted model.
+
+:mod:`xharmonise.cli` and :mod:`xharmonise.demo` both open files the way a user gives
+them (lazily, with Dask chunks, refusing what cannot be read with one clear message) and
+print the same metrics table and shift estimates; both import them from here, so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xharmonise.errors import HarmoniseError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from xharmonise.harmoniser import Harmoniser
+
+__all__ = [
+    "InputError",
+    "format_metrics",
+    "one_line",
+    "open_mask",
+    "open_raster",
+    "shift_estimates",
+]
+
+
+class InputError(HarmoniseError, OSError):
+    """An input named on the command line cannot be opened or read: a missing file, a
+    raster rasterio cannot read, a file of several subdatasets, an unreachable Dask
+    scheduler.
+
+    Examples
+    --------
+    >>> try:
+    ...     open_raster("no-such-file.tif", what="the source")
+    ... except InputError as err:
+    ...     print(err)
+    the source no-such-file.tif does not exist or is not a file
+    """
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (its type's name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def open_raster(path: str, *, what: str = "input", chunks: int = 2048) -> xr.DataArray:
+    """Open a raster lazily as (band, y, x) with Dask chunks, or raise :class:`InputError`.
+
+    Parameters
+    ----------
+    path : str
+        A local file or anything rasterio reads (``/vsicurl/…``, ``s3://…``).
+    what : str
+        How to name the input in error messages ("the source", "the mask").
+    chunks : int
+        Chunk side in pixels along ``y`` and ``x``; bands are one chunk.
+
+    Returns
+    -------
+    xarray.DataArray
+        Integer DN keep their dtype, ``scale_factor``/``add_offset`` and no-data
+        attributes, which :func:`xharmonise.fit` turns into reflectance.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable, or holds several subdatasets.
+    """
+    import rasterio.errors
+    import rioxarray
+    import xarray as xr
+
+    local = "://" not in path and not path.startswith("/vsi")
+    if local and not Path(path).is_file():
+        raise InputError(f"{what} {path} does not exist or is not a file")
+    try:
+        da = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks})
+    except (rasterio.errors.RasterioError, OSError) as err:
+        raise InputError(f"cannot read {what} {path}: {one_line(err)}") from err
+    # Files with subdatasets open as a Dataset, or a list of them when grids differ.
+    if not isinstance(da, xr.DataArray) or "band" not in da.dims:
+        raise InputError(
+            f"{what} {path} holds several subdatasets: open one of them (its GDAL name)"
+        )
+    return da
+
+
+def open_mask(path: str, *, chunks: int = 2048) -> xr.DataArray:
+    """Open a cloud mask: a 1-band raster on the reference grid, above 0 = cloud.
+
+    The file's no-data value counts as clear.
+
+    Returns
+    -------
+    xarray.DataArray
+        Boolean (y, x), True = cloud, Dask-backed.
+
+    Raises
+    ------
+    InputError
+        As :func:`open_raster`.
+    """
+    mask = open_raster(path, what="the mask", chunks=chunks)
+    nodata = mask.rio.nodata
+    cloud = mask.isel(band=0) > 0
+    if nodata is not None:
+        cloud = cloud & (mask.isel(band=0) != nodata)
+    return cloud
+
+
+def format_metrics(model: Harmoniser) -> str:
+    """The model's test-split metrics as a text table: one row per band and metric.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> print(format_metrics(model).splitlines()[1])
+    band  metric                initial    linear     model
+    """
+    table = model.metrics
+    stages = [str(s) for s in table["stage"].values]
+    head = f"{'band':<5} {'metric':<18} " + " ".join(f"{s:>9}" for s in stages)
+    title = (
+        f"test-split metrics, reflectance units ({model.patches.get('train', 0)} train / "
+        f"{model.patches.get('test', 0)} test patches)"
+    )
+    lines = [title, head]
+    for band in table["band"].values:
+        for metric in table["metric"].values:
+            values = table.sel(band=band, metric=metric).values
+            cells = " ".join(f"{v:>9.4f}" for v in values)
+            lines.append(f"{band!s:<5} {metric!s:<18} {cells}")
+    return "\n".join(lines)
+
+
+def shift_estimates(model: Harmoniser) -> dict[str, tuple[float, float]]:
+    """The model's shift estimates, mean over bands, as ``{estimate: (east, north)}`` metres.
+
+    Empty when the model has none (only learned filters and a fit-time phase
+    correlation give one).
+    """
+    try:
+        shift = model.shift
+    except AttributeError:
+        return {}
+    if "estimate" not in shift.dims:  # models with the filter estimate only
+        shift = shift.expand_dims(estimate=["filter"])
+    mean = shift.mean("band")
+    return {
+        str(e): (
+            float(mean.sel(estimate=e, axis="east")),
+            float(mean.sel(estimate=e, axis="north")),
+        )
+        for e in mean["estimate"].values
+    }
