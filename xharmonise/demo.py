@@ -190,7 +190,7 @@ def run(
         )
         echo(f"fitted in {lap('fit'):.1f} s: {model}")
         echo(format_metrics(model))
-        model_path = model.save(out / "model.safetensors")
+        model_path = Path(model.save(out / "model.safetensors"))  # a local file: a Path
 
         store = out / "harmonised.zarr"
         prediction = xharmonise.predict(src, model)
