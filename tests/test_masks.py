@@ -15,7 +15,14 @@ from pyproj import Transformer
 
 import xharmonise
 from xharmonise import masks
-from xharmonise.errors import GridError, HarmoniseError, InputValueError, MissingCRSError
+from xharmonise.errors import (
+    DimensionError,
+    GridError,
+    HarmoniseError,
+    InputTypeError,
+    InputValueError,
+    MissingCRSError,
+)
 from xharmonise.masks import (
     CLM_BITS,
     CLM_BITS_NATIVE,
@@ -180,7 +187,7 @@ def _disk_truth(seed: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("radius", [1, 2, 4])
+@pytest.mark.parametrize("radius", [1, 2, 4, 7, 25])
 def test_scl_dilation_is_a_disk_across_chunk_seams(backend, radius):
     values = np.full((10, 10), 4, np.uint8)
     values[2, 2] = 9  # a cloud at 20 m, on a Dask chunk corner (chunks of 3 x 5)
@@ -199,15 +206,16 @@ def _mask_of(kind: str, raster: xr.DataArray, **kw):
 @pytest.mark.parametrize(
     ("make", "kw", "error", "match"),
     [
-        (lambda r: r.astype(np.float32), {}, InputValueError, "masked=True"),
-        (lambda r: r > 3, {}, InputValueError, "not integer codes"),
-        (lambda r: xr.concat([r, r], "band"), {}, InputValueError, "2 layers"),
-        (lambda r: r.values, {}, InputValueError, "pass an xarray.DataArray"),
+        (lambda r: r.astype(np.float32), {}, InputTypeError, "masked=True"),
+        (lambda r: r > 3, {}, InputTypeError, "not integer codes"),
+        (lambda r: xr.concat([r, r], "band"), {}, DimensionError, "2 layers"),
+        (lambda r: r.values, {}, InputTypeError, "pass an xarray.DataArray"),
         (lambda r: r.drop_vars("spatial_ref"), {}, MissingCRSError, "write_crs"),
         (lambda r: r, {"resolution": 15.0}, GridError, "divides"),
-        (lambda r: r, {"resolution": 0}, InputValueError, "positive"),
-        (lambda r: r, {"dilate": -1}, InputValueError, "0 or more"),
-        (lambda r: r, {"dilate": 1.5}, InputValueError, "0 or more"),
+        (lambda r: r, {"resolution": 0}, InputValueError, "resolution=0.*above 0"),
+        (lambda r: r, {"dilate": -1}, InputValueError, "dilate=-1.*0 to 1000"),
+        (lambda r: r, {"dilate": 1.5}, InputTypeError, "dilate=1.5.*integer"),
+        (lambda r: r, {"dilate": 1001}, InputValueError, "dilate=1001.*0 to 1000"),
     ],
 )
 def test_bad_inputs_name_the_fix(kind, make, kw, error, match):
@@ -218,16 +226,17 @@ def test_bad_inputs_name_the_fix(kind, make, kw, error, match):
 
 
 @pytest.mark.parametrize(
-    ("classes", "match"),
+    ("classes", "error", "match"),
     [
-        ((12,), "not a SCL class"),
-        ((), "empty"),
-        (("cloud",), "list of integers"),
-        ((8.0,), "list of integers"),
+        ((12,), InputValueError, "not a SCL class"),
+        ((), InputValueError, "empty"),
+        (("cloud",), InputTypeError, "list of integers"),
+        ("9", InputTypeError, "list of integers"),
+        ((8.0,), InputTypeError, "list of integers"),
     ],
 )
-def test_bad_scl_classes(classes, match):
-    with pytest.raises(InputValueError, match=match):
+def test_bad_scl_classes(classes, error, match):
+    with pytest.raises(error, match=match):
         cloud_mask_from_scl(_raster(_classes(), 20.0, "numpy"), classes=classes)
 
 

@@ -33,14 +33,22 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
+from xharmonise import checks
 from xharmonise.checks import type_name
-from xharmonise.errors import GridError, InputTypeError, InputValueError, NoOverlapError
+from xharmonise.errors import (
+    DimensionError,
+    GridError,
+    InputTypeError,
+    InputValueError,
+    NoOverlapError,
+)
 from xharmonise.grid import geobox_of, resolution_of
 
 __all__ = [
     "CLM_BITS",
     "CLM_BITS_NATIVE",
     "CLM_CLOUD_BITS",
+    "MAX_DILATE",
     "SCL_CLASSES",
     "SCL_CLOUD_CLASSES",
     "cloud_mask_from_clm",
@@ -136,7 +144,7 @@ def cloud_mask_from_scl(
         (20 m / 10 m = 2: each SCL pixel becomes 2 x 2 pixels in phase with it).
     dilate : int
         Grow the mask by this many output pixels (a disk), to cover cloud edges that the
-        classification misses.
+        classification misses; 0 to :data:`MAX_DILATE`.
 
     Returns
     -------
@@ -146,8 +154,12 @@ def cloud_mask_from_scl(
 
     Raises
     ------
+    InputTypeError
+        ``scl``, ``like``, ``classes``, ``resolution`` or ``dilate`` is of the wrong type,
+        or ``scl`` does not hold integers.
     InputValueError
-        ``scl`` is not integer, has several bands, or ``classes``/``dilate`` are invalid.
+        ``scl`` has several bands, or ``classes``, ``resolution`` or ``dilate`` is beyond
+        its limits.
     MissingCRSError
         ``scl`` (or ``like``) has no CRS.
     GridError
@@ -172,8 +184,9 @@ def cloud_mask_from_scl(
     >>> mask.x.values.tolist(), mask.rio.crs.to_epsg()
     ([5.0, 15.0, 25.0, 35.0], 32632)
     """
-    codes = _codes(classes, "classes", valid=range(len(SCL_CLASSES)), what="SCL class")
     band = _single_band(scl, "the SCL", fix="the SCL layer (e.g. *_SCL_20m.jp2)")
+    codes = _codes(classes, "classes", valid=range(len(SCL_CLASSES)), what="SCL class")
+    _options(like=like, resolution=resolution, dilate=dilate)
     flags = band.isin(codes)
     mask = _on_grid(flags, band, like=like, resolution=resolution, name="the SCL")
     mask = _dilated(mask, dilate)
@@ -216,8 +229,8 @@ def cloud_mask_from_clm(
 
     Raises
     ------
-    InputValueError
-        ``clm`` is not integer, has several bands, or ``bits``/``dilate`` are invalid.
+    InputTypeError, InputValueError
+        As in :func:`cloud_mask_from_scl`, for ``clm`` and ``bits``.
     MissingCRSError, GridError
         As in :func:`cloud_mask_from_scl`.
 
@@ -238,6 +251,7 @@ def cloud_mask_from_clm(
     band = _single_band(clm, "the CLM", fix="the CLM_R1 or CLM_R2 layer")
     width = band.dtype.itemsize * 8
     positions = _codes(bits, "bits", valid=range(width), what=f"bit of a {band.dtype} field")
+    _options(like=like, resolution=resolution, dilate=dilate)
     # One integer holding every chosen bit; Python int so that it never overflows.
     selected = sum(1 << b for b in positions)
     flags = (band & np.asarray(selected).astype(band.dtype)) != 0
@@ -262,8 +276,10 @@ def _codes(values: Iterable[int], arg: str, *, valid: range, what: str) -> tuple
             given = list(values)
         except TypeError:
             given = [values]
-    if any(isinstance(v, bool) or not isinstance(v, int | np.integer) for v in given):
-        raise InputValueError(
+    if isinstance(values, str) or any(
+        isinstance(v, bool | np.bool_) or not isinstance(v, int | np.integer) for v in given
+    ):
+        raise InputTypeError(
             f"{arg}={values!r} is not a list of integers: give e.g. {arg}={tuple(valid)[-3:-1]}"
         )
     codes = tuple(sorted({int(v) for v in given}))
@@ -281,24 +297,41 @@ def _codes(values: Iterable[int], arg: str, *, valid: range, what: str) -> tuple
     return codes
 
 
+#: Largest ``dilate=``, in output pixels: 10 km at 10 m, far beyond any cloud edge; more
+#: only makes each Dask block read an ever wider ring of its neighbours.
+MAX_DILATE = 1000
+
+
+def _options(*, like: Any, resolution: Any, dilate: Any) -> None:
+    """Refuse a ``like``, ``resolution`` or ``dilate`` of the wrong type or beyond its
+    limits, before any work."""
+    if like is not None and not isinstance(like, xr.DataArray | xr.Dataset):
+        raise InputTypeError(
+            f"like is a {type_name(like)}: pass the xarray image whose grid the mask must "
+            "land on (e.g. the 10 m reference), or like=None"
+        )
+    checks.real(resolution, "resolution", minimum=0, above_minimum=True)
+    checks.integer(dilate, "dilate", minimum=0, maximum=MAX_DILATE)
+
+
 def _single_band(arr: Any, name: str, *, fix: str) -> xr.DataArray:
     """The (y, x) integer band of a (y, x) or (1, y, x) DataArray."""
     if not isinstance(arr, xr.DataArray):
-        raise InputValueError(
-            f"{name} is a {type(arr).__name__}: pass an xarray.DataArray, e.g. "
+        raise InputTypeError(
+            f"{name} is a {type_name(arr)}: pass an xarray.DataArray, e.g. "
             "rioxarray.open_rasterio(path)"
         )
     extra = [d for d in arr.dims if d not in ("y", "x")]
     if extra:
         n = math.prod(arr.sizes[d] for d in extra)
         if n != 1:
-            raise InputValueError(
+            raise DimensionError(
                 f"{name} has {n} layers along {extra}: pass only {fix}, e.g. "
                 f"{name.removeprefix('the ')}.isel({extra[0]}=0) for the first"
             )
         arr = arr.isel({d: 0 for d in extra}, drop=True)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise InputValueError(
+        raise InputTypeError(
             f"{name} holds {arr.dtype} values, not integer codes: open it without "
             "masked=True (rioxarray.open_rasterio(path) keeps the product's uint8), or "
             "convert it with .fillna(0).astype('uint8')"
@@ -318,8 +351,7 @@ def _on_grid(
     src = geobox_of(band, name)
     src_res = abs(src.resolution.x), abs(src.resolution.y)
     if like is None:
-        if not (isinstance(resolution, int | float) and resolution > 0):
-            raise InputValueError(f"resolution={resolution!r}: give a positive pixel size")
+        # _options checked resolution: a finite number above 0.
         factors = [r / resolution for r in src_res]
         if any(f < 1 - 1e-6 or abs(f - round(f)) > 1e-6 for f in factors):
             raise GridError(
@@ -336,11 +368,6 @@ def _on_grid(
         # (y, x) or, in a geographic CRS, (latitude, longitude): by position.
         ys, xs = (c.values for c in target.coords.values())
     else:
-        if not isinstance(like, xr.DataArray | xr.Dataset):
-            raise InputTypeError(
-                f"like is a {type_name(like)}: pass the xarray image whose grid the mask must "
-                "land on (e.g. the 10 m reference), or like=None"
-            )
         target = geobox_of(like, "like")
         # geobox_of raises MissingCRSError for grids without a CRS.
         assert target.crs is not None, "geobox_of gives grids with a CRS"
@@ -403,33 +430,33 @@ def _reproject(flags: xr.DataArray, target: GeoBox) -> xr.DataArray:
     return (out != 0).drop_vars([c for c in out.coords if c not in ("y", "x")])
 
 
-def _disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
+def _dilate_block(block: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within ``radius`` (Euclidean, centre to centre) of a True pixel.
 
-
-def _dilate_block(block: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    return ndimage.binary_dilation(block, structure=footprint)
+    From the distance transform, so the cost does not grow with the radius as a disk
+    footprint's would. Distances are square roots of integers: exact at the radius.
+    """
+    if not block.any():
+        return block.astype(bool, copy=True)
+    return ndimage.distance_transform_edt(~block) <= radius
 
 
 def _dilated(mask: xr.DataArray, pixels: int) -> xr.DataArray:
     """``mask`` grown by a disk of ``pixels`` radius; exact across Dask chunk seams."""
-    if isinstance(pixels, bool) or not isinstance(pixels, int | np.integer) or pixels < 0:
-        raise InputValueError(f"dilate={pixels!r}: give a number of pixels, 0 or more")
     if pixels == 0:
         return mask
-    footprint = _disk(int(pixels))
     data = mask.data
     if isinstance(data, da.Array):
-        # Each chunk sees `pixels` neighbours from the next; outside the image is clear.
+        # Each chunk sees `pixels` neighbours from the next (at most the whole image,
+        # which is all a larger disk can reach); outside the image is clear.
         grown = data.map_overlap(
             _dilate_block,
-            depth=int(pixels),
+            depth={axis: min(int(pixels), n) for axis, n in enumerate(data.shape)},
             boundary="none",
             dtype=bool,
             meta=np.array((), dtype=bool),
-            footprint=footprint,
+            radius=int(pixels),
         )
     else:
-        grown = _dilate_block(np.asarray(data), footprint)
+        grown = _dilate_block(np.asarray(data), int(pixels))
     return mask.copy(data=grown)
