@@ -243,7 +243,7 @@ def pair_grid(src: xr.DataArray, ref: xr.DataArray) -> PairGrid:
             "give images that share a larger area"
         )
     ref_crop = ref_gb[row0:row1, col0:col1]
-    src_affine = ref_crop.affine * Affine.scale(1.0 / factor)
+    src_affine = ref_crop.affine @ Affine.scale(1.0 / factor)
     src_target = GeoBox(
         (ref_crop.shape[0] * factor, ref_crop.shape[1] * factor), src_affine, ref_gb.crs
     )

@@ -686,7 +686,7 @@ def save(
     Returns
     -------
     pathlib.Path or str
-        The local path written, or the URL as given.
+        The local path written (``file://`` URLs included), or the URL as given.
 
     Raises
     ------
@@ -831,6 +831,7 @@ def _model(
     shift_estimate: ShiftEstimate | None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
+    method(m["method"])  # an unknown method is named as such, before its network is built
     if "linear" not in tensors:
         raise _Damaged("no 'linear' tensor")
     try:

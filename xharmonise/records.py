@@ -113,7 +113,7 @@ class PairGrid:
             rows, cols = (int(v) for v in d["ref_shape"])
             ref = GeoBox((rows, cols), Affine(*map(float, d["ref_transform"])), d["crs"])
             src = GeoBox(
-                (rows * factor, cols * factor), ref.affine * Affine.scale(1.0 / factor), ref.crs
+                (rows * factor, cols * factor), ref.affine @ Affine.scale(1.0 / factor), ref.crs
             )
             (r0, r1), (c0, c1) = d["ref_rows"], d["ref_cols"]
             return cls(

@@ -1,0 +1,310 @@
+"""Model files: release 0.1.0's load and predict bit for bit, this format round-trips,
+unknown or damaged ones are refused by version, and fsspec URLs work like local paths."""
+
+import dataclasses
+import json
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from conftest import BUCKET
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import xharmonise
+from xharmonise.errors import InputTypeError, InputValueError, ModelFileError
+from xharmonise.harmoniser import FORMAT, FORMATS_READ, Harmoniser, load, save
+from xharmonise.models import method
+from xharmonise.records import ShiftEstimate
+from xharmonise.simulate import simulate_pair
+
+DATA = Path(__file__).parent / "data"
+V1_METHODS = ("linear", "bcnet", "convcalibnet")
+
+
+@pytest.fixture(scope="module")
+def io() -> dict[str, np.ndarray]:
+    with np.load(DATA / "model-v1-io.npz") as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="module")
+def window(io) -> xr.DataArray:
+    """The source window the 0.1.0 predictions were made on (tests/data/README.md)."""
+    src = simulate_pair((120, 120), seed=3).src.isel(y=slice(0, 40), x=slice(0, 40))
+    # The simulator still makes the same window, so the stored predictions apply to it.
+    np.testing.assert_array_equal(src.values.astype(np.float32), io["src"])
+    np.testing.assert_array_equal(src.y.values, io["y"])
+    np.testing.assert_array_equal(src.x.values, io["x"])
+    return src
+
+
+def _predict(src: xr.DataArray, model: Harmoniser) -> xr.Dataset:
+    warning = method(model.method).inference_warning
+    if warning is None:
+        return xharmonise.predict(src, model)
+    with pytest.warns(xharmonise.DetailLossWarning):
+        return xharmonise.predict(src, model)
+
+
+def _assert_predicts_like_0_1_0(model: Harmoniser, src: xr.DataArray, io: dict) -> None:
+    out = _predict(src, model)
+    stored = {k.split(".", 1)[1] for k in io if k.startswith(f"{model.method}.")}
+    assert set(out.data_vars) == stored
+    for name in stored:
+        np.testing.assert_array_equal(out[name].values, io[f"{model.method}.{name}"])
+
+
+@pytest.mark.parametrize("name", V1_METHODS)
+def test_release_0_1_0_files_load_and_predict_bit_identically(name, window, io):
+    path = DATA / f"model-v1-{name}.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        assert json.loads(f.metadata()["xharmonise"])["format"] == "xharmonise-model/1"
+    model = xharmonise.load(path)
+    assert model.method == name
+    assert model.src_bands == ("B0", "B1", "B2", "B3")
+    assert model.ref_bands == ("B2", "B3", "B4", "B8")
+    assert (model.factor, model.grid.factor, model.src_pixel_size) == (5, 5, 2.0)
+    assert model.grid.ref.crs.epsg == 32631 and tuple(model.grid.ref.shape) == (24, 24)
+    assert model.fit_report.versions["xharmonise"] == "0.1.0"
+    assert (model.shift_estimate, model.applied_shift) == (None, None)
+    assert (model.net is None) == (not method(name).neural)
+    _assert_predicts_like_0_1_0(model, window, io)
+
+
+def _state(net: torch.nn.Module | None) -> dict[str, np.ndarray]:
+    return {} if net is None else {k: v.numpy() for k, v in net.state_dict().items()}
+
+
+def assert_same_model(a: Harmoniser, b: Harmoniser) -> None:
+    """Every field of the mapping and the report equal, arrays bit for bit."""
+    for field in dataclasses.fields(a.mapping):
+        x, y = getattr(a.mapping, field.name), getattr(b.mapping, field.name)
+        if field.name == "linear":
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+        elif field.name == "net":
+            sx, sy = _state(x), _state(y)
+            assert sx.keys() == sy.keys() and (x is None) == (y is None)
+            for k in sx:
+                np.testing.assert_array_equal(sx[k], sy[k])
+        else:
+            assert x == y, field.name
+    r, s = a.fit_report, b.fit_report
+    xr.testing.assert_identical(r.metrics, s.metrics)
+    assert (r.history, r.patches, r.versions) == (s.history, s.patches, s.versions)
+    assert r.samples.keys() == s.samples.keys()
+    for k in r.samples:
+        assert r.samples[k].dtype == s.samples[k].dtype
+        np.testing.assert_array_equal(r.samples[k], s.samples[k])
+    if r.shift_estimate is None:
+        assert s.shift_estimate is None
+    else:
+        # As JSON text: the windows' NaN compare equal there, and floats print exactly.
+        assert json.dumps(r.shift_estimate.to_dict()) == json.dumps(s.shift_estimate.to_dict())
+
+
+def _estimate() -> ShiftEstimate:
+    windows = pd.DataFrame(
+        {
+            "row": [0, 0, 32],
+            "col": [0, 32, 0],
+            "status": ["inlier", "inlier", "cloud"],
+            "east": [3.1, 2.9, np.nan],
+            "north": [-1.0, -1.2, np.nan],
+        }
+    )
+    return ShiftEstimate(
+        east=3.0,
+        north=-1.1,
+        pixel_size=10.0,
+        confidence=1.0,
+        std_error=0.1,
+        bands={"B2": (3.05, -1.0), "B3": (2.95, -1.2)},
+        windows=windows,
+    )
+
+
+def _coregistered(model: Harmoniser) -> Harmoniser:
+    """``model`` as if fitted with coregister=True on a shifted pair."""
+    est = _estimate()
+    return Harmoniser(
+        mapping=dataclasses.replace(model.mapping, applied_shift=(est.east, est.north)),
+        fit_report=dataclasses.replace(model.fit_report, shift_estimate=est),
+    )
+
+
+@pytest.mark.parametrize("name", V1_METHODS)
+@pytest.mark.parametrize("coregistered", [False, True])
+def test_format_2_round_trip_is_identical(name, coregistered, window, io, tmp_path):
+    model = xharmonise.load(DATA / f"model-v1-{name}.safetensors")
+    if coregistered:
+        model = _coregistered(model)
+    path = model.save(tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["xharmonise"])
+    assert meta["format"] == FORMAT == "xharmonise-model/2"
+    assert set(meta) == {"format", "mapping", "fit_report", "saved_by"}
+    assert meta["saved_by"]["xharmonise"] == version("xharmonise")
+    back = xharmonise.load(path)
+    assert_same_model(model, back)
+    if coregistered:
+        xr.testing.assert_identical(back.shift, model.shift)
+        # predict moves the output by minus the applied shift; the values are those of 0.1.0.
+        out = _predict(window, back)
+        np.testing.assert_allclose(window.x.values - out.x.values, 3.0)
+        np.testing.assert_array_equal(out["prediction"].values, io[f"{name}.prediction"])
+    else:
+        _assert_predicts_like_0_1_0(back, window, io)
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    """Copy a model file with its metadata changed by ``edit(meta)``."""
+    with safe_open(str(src), framework="numpy") as f:
+        meta = json.loads(f.metadata()["xharmonise"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(meta)
+    save_file(tensors, str(dst), metadata={"xharmonise": json.dumps(meta)})
+    return dst
+
+
+def test_unknown_format_is_refused_naming_it_and_the_formats_read(tmp_path):
+    v1 = DATA / "model-v1-linear.safetensors"
+    future = _rewrite(
+        v1, tmp_path / "m.safetensors", lambda m: m.update(format="xharmonise-model/99")
+    )
+    with pytest.raises(ModelFileError, match="format 'xharmonise-model/99'") as info:
+        xharmonise.load(future)
+    assert all(repr(f) in str(info.value) for f in FORMATS_READ)
+    untagged = _rewrite(v1, tmp_path / "n.safetensors", lambda m: m.pop("format"))
+    with pytest.raises(ModelFileError, match="format None; this release reads"):
+        xharmonise.load(untagged)
+
+
+@pytest.mark.parametrize(
+    "field", ["src_dtype", "coregistration", "versions", "grid", "history", "net_config"]
+)
+def test_format_1_file_missing_a_field_is_refused_naming_the_version(field, tmp_path):
+    # Every field release 0.1.0 wrote is required: none is papered over with a default.
+    path = _rewrite(
+        DATA / "model-v1-bcnet.safetensors", tmp_path / "m.safetensors", lambda m: m.pop(field)
+    )
+    with pytest.raises(ModelFileError, match=f"format 'xharmonise-model/1'.*no '{field}'"):
+        xharmonise.load(path)
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [
+        ("mapping", "applied_shift"),
+        ("mapping", "src_dtype"),
+        ("fit_report", "shift_estimate"),
+        ("fit_report", "versions"),
+        (None, "saved_by"),
+    ],
+)
+def test_format_2_file_missing_a_field_is_refused_naming_the_version(part, field, tmp_path):
+    v2 = xharmonise.load(DATA / "model-v1-linear.safetensors").save(tmp_path / "m.safetensors")
+
+    def drop(meta):
+        (meta if part is None else meta[part]).pop(field)
+
+    path = _rewrite(v2, tmp_path / "damaged.safetensors", drop)
+    where = "" if part is None else f"{part} "
+    with pytest.raises(ModelFileError, match=f"format 'xharmonise-model/2'.*no {where}'{field}'"):
+        xharmonise.load(path)
+
+
+def test_damaged_values_are_refused(tmp_path):
+    cases = {
+        "bands": ("linear", lambda m: m.update(ref_bands=["B2"]), "do not pair up"),
+        "method": ("convcalibnet", lambda m: m.update(method="unet"), "unknown method 'unet'"),
+        "network": (
+            "convcalibnet",
+            lambda m: m["net_config"].update(n_bands=3),
+            "not a convcalibnet of 4",
+        ),
+        "no network": ("bcnet", lambda m: m.update(net_config=None), "bcnet mapping without"),
+        "grid": ("linear", lambda m: m["grid"].update(ref_shape=[24]), "'xharmonise-model/1'"),
+        "factor": ("linear", lambda m: m.update(factor=4), "not the grid's"),
+        "applied": ("linear", lambda m: m.update(coregistration={"east": 1.0}), "'applied'"),
+    }
+    for name, (source, edit, message) in cases.items():
+        v1 = DATA / f"model-v1-{source}.safetensors"
+        path = _rewrite(v1, tmp_path / f"{name}.safetensors", edit)
+        with pytest.raises(ModelFileError, match=message):
+            xharmonise.load(path)
+
+
+@pytest.mark.parametrize("name", ["linear", "bcnet"])
+def test_memory_urls_round_trip(name, window, io):
+    model = xharmonise.load(DATA / f"model-v1-{name}.safetensors")
+    url = f"memory://models/{name}.safetensors"
+    assert save(model, url) == url
+    assert model.save(url) == url  # overwrites, like a local path
+    back = load(url)
+    assert_same_model(model, back)
+    _assert_predicts_like_0_1_0(back, window, io)
+    with pytest.raises(ModelFileError, match="no model file at memory://models/missing"):
+        load("memory://models/missing.safetensors")
+
+
+def test_s3_round_trip(s3):
+    model = xharmonise.load(DATA / "model-v1-bcnet.safetensors")
+    url = f"s3://{BUCKET}/models/bcnet.safetensors"
+    assert save(model, url, storage_options=s3) == url
+    assert_same_model(model, load(url, storage_options=s3))
+
+
+def test_bad_locations_are_refused_with_the_fix(tmp_path):
+    model = xharmonise.load(DATA / "model-v1-linear.safetensors")
+    with pytest.raises(InputValueError, match="storage_options= apply to fsspec URLs"):
+        save(model, tmp_path / "m.safetensors", storage_options={"anon": True})
+    with pytest.raises(InputTypeError, match="give a dict of fsspec options"):
+        load("memory://m.safetensors", storage_options=[("anon", True)])
+    with pytest.raises(ModelFileError, match="install its fsspec backend"):
+        load("nosuchprotocol://bucket/m.safetensors")
+    with pytest.raises(InputTypeError, match="give the model file's path"):
+        save(model, 42)
+    with pytest.raises(InputTypeError, match="give a Harmoniser"):
+        save(model.mapping, tmp_path / "m.safetensors")
+    with pytest.raises(ModelFileError, match="is a folder"):
+        save(model, tmp_path)
+    with pytest.raises(ModelFileError, match="does not exist: create the folder"):
+        save(model, tmp_path / "missing" / "m.safetensors")
+    # file:// URLs are local paths, written atomically.
+    assert save(model, f"file://{tmp_path}/u.safetensors") == tmp_path / "u.safetensors"
+    assert_same_model(model, load(tmp_path / "u.safetensors"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_local_files_get_the_permissions_the_umask_gives(umask, mode, tmp_path):
+    model = xharmonise.load(DATA / "model-v1-linear.safetensors")
+    old = os.umask(umask)
+    try:
+        path = model.save(tmp_path / "m.safetensors")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode == (tmp_path / "plain").stat().st_mode & 0o777
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_loading_stays_torch_free_for_linear_models():
+    # The package and a linear model load without torch: NumPy-only workers never pay for it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xharmonise; "
+        f"m = xharmonise.load({str(DATA / 'model-v1-linear.safetensors')!r}); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
