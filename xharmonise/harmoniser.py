@@ -394,6 +394,11 @@ class Harmoniser:
         or None when none was made."""
         return self.fit_report.shift_estimate
 
+    @property
+    def versions(self) -> dict[str, str]:
+        """Package versions at fit time."""
+        return self.fit_report.versions
+
     def baseline(self) -> Harmoniser:
         """The linear baseline of this fit as a model of its own.
 
