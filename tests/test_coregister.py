@@ -11,9 +11,9 @@ from conftest import chunks_for, shared_data
 from skimage.registration import phase_cross_correlation
 
 import xharmonise
-from xharmonise import coregister, grid
+from xharmonise import coregister, grid, records
 from xharmonise.coregister import ShiftEstimate
-from xharmonise.errors import CoregistrationError, HarmoniseError
+from xharmonise.errors import CoregistrationError, HarmoniseError, InputValueError
 from xharmonise.scaling import to_reflectance
 from xharmonise.simulate import simulate_pair
 
@@ -183,6 +183,13 @@ def test_estimate_round_trips_through_json():
     np.testing.assert_array_equal(back.windows["status"], est.windows["status"])
     np.testing.assert_allclose(back.windows["east"], est.windows["east"], equal_nan=True)
     assert repr(est).startswith(f"<ShiftEstimate east={est.east:+.3f}")
+    # The Model layer's record, re-exported by coregister and the package.
+    assert ShiftEstimate is records.ShiftEstimate is xharmonise.ShiftEstimate
+    d = est.to_dict()
+    with pytest.raises(InputValueError, match="lacks 'windows'"):
+        ShiftEstimate.from_dict({k: v for k, v in d.items() if k != "windows"})
+    with pytest.raises(InputValueError, match="makes no estimate"):
+        ShiftEstimate.from_dict(dict(d, bands={"B2": [1.0]}))
 
 
 def test_too_few_windows_and_too_small_overlap_raise_with_the_fix():

@@ -1,11 +1,13 @@
+import json
+
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401
 from conftest import chunks_for
 from rasterio.enums import Resampling
 
-from xharmonise import grid
-from xharmonise.errors import GridError, MissingCRSError, NoOverlapError
+from xharmonise import grid, records
+from xharmonise.errors import GridError, InputValueError, MissingCRSError, NoOverlapError
 from xharmonise.scaling import to_reflectance
 from xharmonise.simulate import simulate_pair
 
@@ -114,3 +116,33 @@ def test_translate_converts_a_shift_given_in_another_crs():
     dy = float(moved["y"][0] - pair.src["y"][0])
     assert np.hypot(dx, dy) == pytest.approx(10.0, rel=1e-2)
     assert dx > 9.0 and abs(dy) > 0.1
+
+
+def test_pair_grid_round_trips_through_json_with_its_place_in_the_reference():
+    pair = simulate_pair((300, 300), seed=4, src_offset=(1.3, 0.7))
+    # A source that covers the reference's lower right part: the grid starts inside it.
+    g = grid.pair_grid(pair.src.isel(y=slice(62, None), x=slice(41, None)), pair.ref)
+    whole = pair.ref.rio.transform()
+    rows = (whole.f - g.ref.affine.f) / 10
+    cols = (g.ref.affine.c - whole.c) / 10
+    assert (g.ref_rows.start, g.ref_cols.start) == (rows, cols) and rows > 0 and cols > 0
+    text = json.dumps(g.to_json())
+    back = grid.PairGrid.from_json(json.loads(text))
+    assert back == g
+    assert (back.ref_rows, back.ref_cols) == (g.ref_rows, g.ref_cols)
+    assert back.src.affine == g.src.affine and back.src.shape == g.src.shape
+    assert grid.PairGrid is records.PairGrid  # the Model layer's record, re-exported here
+
+
+def test_pair_grid_from_json_refuses_incomplete_descriptions():
+    pair = simulate_pair((100, 100))
+    g = grid.pair_grid(pair.src, pair.ref)
+    d = g.to_json()
+    with pytest.raises(InputValueError, match="lacks 'ref_rows'"):
+        grid.PairGrid.from_json({k: v for k, v in d.items() if k != "ref_rows"})
+    with pytest.raises(InputValueError, match="factor 0 is not a positive integer"):
+        grid.PairGrid.from_json(dict(d, factor=0))
+    with pytest.raises(InputValueError, match="makes no grid"):
+        grid.PairGrid.from_json(dict(d, ref_shape=[20]))
+    with pytest.raises(InputValueError, match="not a dict"):
+        grid.PairGrid.from_json(json.dumps(d))
