@@ -25,6 +25,7 @@ from xharmonise import checks
 from xharmonise.errors import (
     BandMismatchError,
     DimensionError,
+    GridError,
     HarmoniseError,
     InputTypeError,
     InputValueError,
@@ -277,7 +278,8 @@ OUT = [
     ("to_zarr", "store", "  ", VALUE, None),
     ("to_zarr", "mode", "a", VALUE, None),
     ("to_zarr", "mode", "r", VALUE, None),
-    ("to_zarr", "mode", 1, VALUE, None),
+    ("to_zarr", "mode", 1, TYPE, None),
+    ("to_zarr", "mode", None, TYPE, None),
     ("to_zarr", "resume", 1, TYPE, None),
     ("to_zarr", "storage_options", "anon", TYPE, None),
     ("to_zarr", "storage_options", [("anon", True)], TYPE, None),
@@ -317,6 +319,8 @@ OUT = [
     ("cloud_mask_from_scl", "resolution", math.nan, VALUE, None),
     ("cloud_mask_from_scl", "resolution", math.inf, VALUE, None),
     ("cloud_mask_from_scl", "resolution", "10", TYPE, None),
+    ("cloud_mask_from_scl", "resolution", 0.02 - 1e-9, GridError, "resolution=0.02 cuts"),
+    ("cloud_mask_from_scl", "resolution", 1e-9, GridError, "resolution=1e-09 cuts"),
     ("cloud_mask_from_scl", "dilate", -1, VALUE, None),
     ("cloud_mask_from_scl", "dilate", xharmonise.masks.MAX_DILATE + 1, VALUE, None),
     ("cloud_mask_from_scl", "dilate", 10**9, VALUE, None),
@@ -361,7 +365,7 @@ def test_refused_by_name_before_any_data_is_read(inputs, entry, arg, value, erro
     assert isinstance(info.value, HarmoniseError)
     # Python's own ancestry, for code that catches the builtin errors.
     assert isinstance(info.value, ValueError if error is not InputTypeError else TypeError) or (
-        error in (UnknownMethodError, ModelFileError, BandMismatchError)
+        error in (UnknownMethodError, ModelFileError, BandMismatchError, GridError)
     )
     assert inputs.reads == [], f"{entry} read {sorted(set(inputs.reads))} before refusing {arg}"
 

@@ -253,15 +253,22 @@ def device(value: Any) -> str:
 
 
 def choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """``value`` when it is one of ``choices``.
+    """``value`` when it is one of ``choices``: another string is an
+    :class:`~xharmonise.InputValueError`, anything else an :class:`~xharmonise.InputTypeError`.
 
     Examples
     --------
     >>> choice("w", "mode", ("w-", "w"))
     'w'
+    >>> choice("a", "mode", ("w-", "w"))
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: mode='a' is not allowed: choose one of 'w-', 'w'
     """
-    if not isinstance(value, str) or value not in choices:
-        options = ", ".join(repr(c) for c in choices)
+    options = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise InputTypeError(f"{name}={value!r} is a {type_name(value)}: choose one of {options}")
+    if value not in choices:
         raise InputValueError(f"{name}={value!r} is not allowed: choose one of {options}")
     return value
 

@@ -302,6 +302,11 @@ def _codes(values: Iterable[int], arg: str, *, valid: range, what: str) -> tuple
 MAX_DILATE = 1000
 
 
+# Most output pixels per layer pixel along a side (20 m to 2 cm); beyond it, the grid
+# alone (one coordinate per output pixel) would fill the memory.
+_MAX_SPLIT = 1000
+
+
 def _options(*, like: Any, resolution: Any, dilate: Any) -> None:
     """Refuse a ``like``, ``resolution`` or ``dilate`` of the wrong type or beyond its
     limits, before any work."""
@@ -353,6 +358,12 @@ def _on_grid(
     if like is None:
         # _options checked resolution: a finite number above 0.
         factors = [r / resolution for r in src_res]
+        if max(factors) > _MAX_SPLIT:
+            raise GridError(
+                f"resolution={resolution:g} cuts each of {name}'s {max(src_res):g} pixels into "
+                f"{max(factors):.3g} per side, more than {_MAX_SPLIT}: give a resolution in "
+                "its CRS units (metres for Sentinel-2), e.g. resolution=10"
+            )
         if any(f < 1 - 1e-6 or abs(f - round(f)) > 1e-6 for f in factors):
             raise GridError(
                 f"{name} has {src_res[0]:g} x {src_res[1]:g} pixels, not a whole multiple "
