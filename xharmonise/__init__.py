@@ -4,7 +4,6 @@ from importlib.metadata import version as _version
 
 from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonise)
 from xharmonise.api import estimate_shift, fit, predict
-from xharmonise.coregister import ShiftEstimate
 from xharmonise.errors import (
     BandMismatchError,
     CoregistrationError,
@@ -23,6 +22,7 @@ from xharmonise.errors import (
 )
 from xharmonise.harmoniser import Harmoniser, load
 from xharmonise.masks import cloud_mask_from_clm, cloud_mask_from_scl
+from xharmonise.records import ShiftEstimate
 from xharmonise.store import to_zarr
 
 # The installed distribution's version: pyproject.toml is its one source.

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import xarray as xr
 
 from xharmonise import api
-from xharmonise.coregister import ShiftEstimate
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import MethodName
+from xharmonise.records import ShiftEstimate
 
 
 class _HarmoniseAccessor:

@@ -13,10 +13,10 @@ from typing import Any
 import xarray as xr
 
 from xharmonise import checks
-from xharmonise.coregister import ShiftEstimate
 from xharmonise.errors import DimensionError, InputTypeError, InputValueError
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import method as method_spec
+from xharmonise.records import ShiftEstimate
 
 __all__ = ["fit_options", "mask", "predict_options", "shift_options"]
 
