@@ -173,15 +173,15 @@ class Mapping:
                 )
         elif self.variance:
             raise _invalid(f"a {spec.name} mapping with variance", "variance needs a network")
-        shift = self.applied_shift
-        if shift is not None:
-            shift = tuple(shift)
-            if len(shift) != 2 or not all(_is_number(v) for v in shift):
+        shift = None
+        if self.applied_shift is not None:
+            given = tuple(self.applied_shift)
+            if len(given) != 2 or not all(_is_number(v) for v in given):
                 raise _invalid(
                     f"applied_shift {self.applied_shift!r} is not (east, north)",
                     "give two finite numbers or None",
                 )
-            shift = (float(shift[0]), float(shift[1]))
+            shift = (float(given[0]), float(given[1]))
         # Frozen: normalise the sequences through object.__setattr__, once, here.
         object.__setattr__(self, "src_bands", src)
         object.__setattr__(self, "ref_bands", ref)
