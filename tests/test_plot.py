@@ -297,9 +297,11 @@ def test_bad_arguments_name_the_fix(tmp_path, pair, linear):
     prediction = xharmonise.predict(pair.src, linear)
     path = tmp_path / "bad.html"
     with pytest.raises(InputValueError, match=r"outside the image.*choose 0 <= start"):
-        plot.report(linear, path, src=pair.src, crop=(slice(300, 500), slice(0, 100)))
+        plot.report(
+            linear, path, src=pair.src, prediction=prediction, crop=(slice(300, 500), slice(0, 100))
+        )
     with pytest.raises(InputValueError, match="crop must be"):
-        plot.report(linear, path, src=pair.src, crop=(0, 100))
+        plot.report(linear, path, src=pair.src, prediction=prediction, crop=(0, 100))
     other = xharmonise.predict(pair.src.isel(y=slice(0, 200)), linear)
     with pytest.raises(GridError, match=r"xharmonise\.predict\(src, model\)"):
         plot.report(linear, path, src=pair.src, prediction=other)
