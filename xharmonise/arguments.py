@@ -44,7 +44,7 @@ def fit_options(
     ...             device="cpu", progress=True, coregister=False)
     Traceback (most recent call last):
         ...
-    xharmonise.errors.InputValueError: patch_size=0 is below its minimum ...
+    xharmonise.errors.InputValueError: patch_size=0 is not allowed: give an integer of at least 1
     """
     spec = method_spec(method)
     checks.flag(variance, "variance")
