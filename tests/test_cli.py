@@ -117,10 +117,7 @@ def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
     # The same fit in-process on the simulated arrays (float32 GeoTIFFs are lossless, and
     # they carry the band names, which pick each band's MTF). Only the summation order of
     # lazy reductions may differ.
-    assert (model.src_bands, model.ref_bands) == (
-        list(pair.truth.src_bands),
-        list(pair.truth.ref_bands),
-    )
+    assert (model.src_bands, model.ref_bands) == (pair.truth.src_bands, pair.truth.ref_bands)
     expected = xharmonise.fit(
         pair.src, pair.ref, method="linear", mask=pair.mask, patch_size=16, progress=False
     )
@@ -149,7 +146,7 @@ def test_fit_band_options(files, tmp_path):
         )
     )  # fmt: skip
     model = xharmonise.load(out)
-    assert (list(model.src_bands), list(model.ref_bands)) == (["B0", "B2"], ["B2", "B4"])
+    assert (model.src_bands, model.ref_bands) == (("B0", "B2"), ("B2", "B4"))
     assert model.linear.shape == (2, 3)
     # The simulated pair is registered: the measured shift is well under a source pixel.
     assert model.shift_estimate is not None and model.applied_shift is not None
