@@ -44,8 +44,10 @@ import numpy as np
 import torch
 
 import xharmonise
-from xharmonise import training
+from xharmonise import stages
 from xharmonise.errors import DetailLossWarning
+from xharmonise.models import METHODS
+from xharmonise.models import method as method_spec
 from xharmonise.simulate import SimulatedPair, simulate_pair
 from xharmonise.validation import score_against_truth
 
@@ -53,7 +55,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "paper_table.json"
 DOCS = ROOT.parent / "docs" / "paper_table.md"
 SHIFT = (3.0, -2.0)  # metres east, north: 1.5 and 1 source pixels
-NEURAL = ("calibnet", "convcalibnet", "bcnet")
+NEURAL = tuple(m.name for m in METHODS.values() if m.neural)
 SCENARIOS: dict[str, dict[str, Any]] = {
     "toc": {"pair": {"toa": False}, "variance": False, "text": "surface reflectance (TOC)"},
     "toa": {
@@ -115,7 +117,7 @@ def _measure(
         scores = score_against_truth(model, pair)
     entry: dict[str, Any] = {
         # The CPU budget that trained it: the defaults change as they are tuned.
-        "budget": asdict(training.CPU_BUDGETS[method]) if method in NEURAL else None,
+        "budget": asdict(method_spec(method).budget("cpu")) if method in NEURAL else None,
         "metrics": _table(model),
         "mean_rmse": {
             str(s): float(model.metrics.sel(metric="rmse", stage=s).mean())
@@ -137,7 +139,7 @@ def _measure(
     }
     if "cloud_auc" in scores:
         entry["cloud_auc"] = float(scores["cloud_auc"])
-    if method == "bcnet":
+    if method_spec(method).has_filters:
         shift = model.shift.sel(estimate="filter", axis=["east", "north"]).values  # metres
         err_px = np.hypot(shift[:, 0] - SHIFT[0], shift[:, 1] - SHIFT[1]) / model.src_pixel_size
         entry["shift_m"] = shift.tolist()
@@ -146,7 +148,8 @@ def _measure(
 
 
 def _quality(pair: SimulatedPair, method: str, seed: int) -> dict[str, Any]:
-    default = training.CPU_BUDGETS[method]
+    spec = method_spec(method)
+    default = spec.budget("cpu")
     out: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "pair_in_memory": True}
     for tag, budget in (
         ("default", default),
@@ -154,13 +157,32 @@ def _quality(pair: SimulatedPair, method: str, seed: int) -> dict[str, Any]:
         # schedule, never stopped early.
         ("x4", replace(default, iterations=4 * default.iterations, patience=0)),
     ):
-        training.CPU_BUDGETS[method] = budget
-        try:
-            t0 = time.perf_counter()
-            model = xharmonise.fit(pair.src, pair.ref, method=method, seed=seed, progress=False)
-            seconds = time.perf_counter() - t0
-        finally:
-            training.CPU_BUDGETS[method] = default
+        # fit's own stages, with the budget under test in place of the default.
+        t0 = time.perf_counter()
+        paired = stages.reflectance_pair(pair.src, pair.ref)
+        prepared = stages.prepare_pair(
+            paired, mask=None, coregister=False, measure=spec.measures_shift, seed=seed
+        )
+        data = stages.build_training_data(
+            prepared, spec, patch_size=32, test_fraction=0.1, max_patches=None, seed=seed
+        )
+        linear = stages.fit_baseline(data)
+        trained = stages.train_network(
+            prepared,
+            data,
+            spec,
+            linear,
+            variance=False,
+            iterations=None,
+            batch_size=None,
+            seed=seed,
+            device="cpu",
+            progress=False,
+            budget=budget,
+        )
+        evaluation = stages.evaluate(data, linear, trained, paired.ref_bands, seed=seed)
+        model = stages.assemble(prepared, data, spec, linear, trained, evaluation, variance=False)
+        seconds = time.perf_counter() - t0
         out[tag] = {
             "budget": asdict(budget),
             "fit_seconds": seconds,
@@ -219,7 +241,7 @@ def render(results: dict[str, Any]) -> str:
         first = next(iter(entries.values()))
         rows.append(("initial", first, "initial"))
         rows.append(("linear", first, "linear"))
-        rows += [(m, e, "model") for m, e in entries.items() if m != "linear"]
+        rows += [(m, e, "model") for m, e in entries.items() if method_spec(m).neural]
         for label, e, stage in rows:
             met = e["metrics"]
             mean = {
@@ -335,7 +357,7 @@ def main() -> None:
             spec = SCENARIOS[name]
             pair = _pair(name, args.size, args.seed)
             for method in args.methods.split(","):
-                if spec["variance"] and method == "linear":
+                if spec["variance"] and not method_spec(method).offers_variance:
                     continue  # no variance head on the linear baseline
                 print(f"{name} {method} ...", flush=True)
                 entry = _measure(pair, method, spec["variance"], args.seed, **spec.get("fit", {}))

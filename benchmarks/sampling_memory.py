@@ -4,10 +4,13 @@ Target (issue 2): sampling a scene of at least 8000 x 8000 source pixels stays u
 1.5 GB peak RSS. As a user would, the measured process opens GeoTIFFs (uint16 DN, like
 real products) lazily with rioxarray; they are simulated once beforehand by a separate
 process (cached in the temp folder), so the figure is what `fit`'s data preparation
-costs: scaling, co-registration, MTF degradation, patch validity, split and gathering
-(10 m patches for all, 2 m patches for a BCNet-sized subset).
+costs: fit's own stages (``xharmonise.stages.prepare_pair`` and ``build_training_data``):
+scaling, grid alignment, MTF degradation, patch validity, split and gathering (10 m
+patches, and 2 m patches with their margin for a method that trains on them: BCNet by
+default).
 
-Usage: python benchmarks/sampling_memory.py [--size 8000] [--chunks 1024]
+Usage: python benchmarks/sampling_memory.py [--size 8000] [--chunks 1024] [--method bcnet]
+       [--max-patches N]
 Writes benchmarks/results/sampling_memory.json.
 """
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -44,7 +46,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8000)
     parser.add_argument("--chunks", type=int, default=1024)
-    parser.add_argument("--full-patches", type=int, default=200)
+    parser.add_argument("--method", default="bcnet", help="whose training data (default bcnet)")
+    parser.add_argument(
+        "--max-patches", type=int, default=None, help="fit's max_patches (default: all)"
+    )
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.measure:
@@ -62,38 +67,29 @@ def main() -> None:
 
     import rioxarray
 
-    from xharmonise import grid, psf, sampling
-    from xharmonise.api import _sigmas
-    from xharmonise.scaling import to_reflectance
+    from xharmonise import stages
+    from xharmonise.models import method
 
     baseline = _rss_mb()
     t0 = time.perf_counter()
     chunks = {"band": -1, "y": args.chunks, "x": args.chunks}
-    src = to_reflectance(rioxarray.open_rasterio(folder / "src.tif", chunks=chunks), scale=1e-4)
-    ref = to_reflectance(
-        rioxarray.open_rasterio(folder / "ref.tif", chunks=chunks), scale=1e-4, offset=-0.1
+    cloud = rioxarray.open_rasterio(folder / "mask.tif", chunks=chunks).isel(band=0, drop=True)
+    # fit's own stages, as fit(method=args.method) runs them, without the training.
+    paired = stages.reflectance_pair(
+        rioxarray.open_rasterio(folder / "src.tif", chunks=chunks),
+        rioxarray.open_rasterio(folder / "ref.tif", chunks=chunks),
+        scale=1e-4,
+        offset=(None, -0.1),
     )
-    cloud = rioxarray.open_rasterio(folder / "mask.tif", chunks=chunks).isel(band=0)
-    g = grid.pair_grid(src, ref)
-    aligned = grid.align_source(src, g)
-    ref_c = ref.isel(y=g.ref_rows, x=g.ref_cols)
-    mask = cloud.isel(y=g.ref_rows, x=g.ref_cols)
-    sigmas = _sigmas(["B2", "B3", "B4", "B8"], g.factor)
-    margin = psf.kernel_margin(max(sigmas), g.factor, extra=2)
-    ring = math.ceil(margin / g.factor)
     with dask.config.set(scheduler="threads"):
-        coarse = sampling.reduce_to_reference(aligned, ref_c, mask, factor=g.factor, sigmas=sigmas)
-        t_reduce = time.perf_counter() - t0
-        index = sampling.patch_validity(coarse, patch_size=32, ring=ring)
-        train, _ = sampling.split_patches(index, seed=0)
-        patches = sampling.gather(index, train, coarse=coarse)
-        full = sampling.gather(
-            index,
-            train[: args.full_patches],
-            coarse=coarse,
-            src=aligned,
-            factor=g.factor,
-            margin=margin,
+        pair = stages.prepare_pair(paired, mask=cloud, coregister=False, measure=False, seed=0)
+        data = stages.build_training_data(
+            pair,
+            method(args.method),
+            patch_size=32,
+            test_fraction=0.1,
+            max_patches=args.max_patches,
+            seed=0,
         )
     elapsed = time.perf_counter() - t0
     peak = _rss_mb()
@@ -101,14 +97,27 @@ def main() -> None:
         "input": "uint16 GeoTIFFs opened lazily with rioxarray",
         "source_pixels": [args.size, args.size],
         "chunks": args.chunks,
-        "patches": index.counts,
-        "train_patches_gathered": len(patches.ref),
-        "full_resolution_patches_gathered": len(full.src_full),
+        "method": args.method,
+        "max_patches": args.max_patches,
+        "patches": data.counts,
+        "train_patches_gathered": len(data.train.ref),
+        "full_resolution_patches_gathered": (
+            0 if data.train.src_full is None else len(data.train.src_full)
+        ),
+        "gathered_mb": round(
+            sum(
+                a.nbytes
+                for p in (data.train, data.held_out)
+                for a in (p.src, p.ref, p.src_full)
+                if a is not None
+            )
+            / 2**20,
+            1,
+        ),
         "baseline_rss_mb": round(baseline, 1),
         "peak_rss_mb": round(peak, 1),
         "target_peak_rss_mb": 1536,
         "meets_target": peak < 1536,
-        "reduce_seconds": round(t_reduce, 1),
         "total_seconds": round(elapsed, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
@@ -134,8 +143,9 @@ def _run_both(args: argparse.Namespace) -> None:
             str(args.size),
             "--chunks",
             str(args.chunks),
-            "--full-patches",
-            str(args.full_patches),
+            "--method",
+            args.method,
+            *([] if args.max_patches is None else ["--max-patches", str(args.max_patches)]),
         ]
         done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         print(done.stdout, end="")

@@ -209,7 +209,7 @@ class DimensionError(InputValueError):
     """
 
 
-class UnknownMethodError(HarmoniseError):
+class UnknownMethodError(InputValueError):
     """The requested method does not exist.
 
     Examples

@@ -538,7 +538,8 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of xharmonise and the packages a model's numbers depend on, as installed."""
     out = {}
     for pkg in ("xharmonise", "torch", "numpy", "xarray"):
         try:
@@ -628,7 +629,7 @@ def _encode(model: Harmoniser) -> bytes:
             "shift_estimate": None if r.shift_estimate is None else r.shift_estimate.to_dict(),
             "versions": dict(r.versions),
         },
-        "saved_by": _versions(),
+        "saved_by": package_versions(),
     }
     return to_bytes(tensors, metadata={"xharmonise": json.dumps(meta)})
 

@@ -2,22 +2,19 @@
 
 Every other module asks this registry (``method(name)``) instead of comparing method
 names, so adding a method means adding one entry here and its network in
-:mod:`xharmonise.models.factory`. The registry itself needs neither torch nor NumPy:
-building a network imports torch on first use.
+:mod:`xharmonise.models.factory`. The registry needs neither torch nor NumPy; the
+networks are built by :func:`xharmonise.models.build_model`, which takes a registry name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from xharmonise.errors import UnknownMethodError
 from xharmonise.models.budget import CPU_SCHEDULE, PAPER_RECIPE, TrainingConfig
 from xharmonise.psf import kernel_margin
-
-if TYPE_CHECKING:
-    from torch import nn
 
 __all__ = ["METHODS", "RING_EXTRA", "Method", "MethodName", "TrainsOn", "method"]
 
@@ -99,15 +96,7 @@ class Method:
         """
         return kernel_margin(max(sigmas), factor, extra=self.filter_extra or 0)
 
-    def build(self, n_bands: int, **options: Any) -> nn.Module:
-        """Build the untrained network: :func:`xharmonise.models.build_model` for this method."""
-        if not self.neural:
-            raise ValueError(f"{self.name} has no network to build")
-        from xharmonise.models.factory import build_model
-
-        return build_model(self.name, n_bands, **options)
-
-    def inference_network(self, net: nn.Module) -> nn.Module:
+    def inference_network(self, net: Any) -> Any:
         """The network inference runs: the trained one, or its pixelwise part (BCNet drops
         its filter) for methods without a halo."""
         return net if self.halo else net.pixelwise()

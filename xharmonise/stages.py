@@ -1,0 +1,637 @@
+"""The stages of :func:`xharmonise.fit`, each a function with a typed result.
+
+``prepare_pair`` (reflectance, paired bands, phase-aligned grid, optional co-registration)
+-> ``build_training_data`` (reference-resolution reductions, patch index, split, the
+patches gathered once) -> ``fit_baseline`` (the linear baseline every fit reports) ->
+``train_network`` (neural methods) -> ``evaluate`` (metrics and scatter samples on the
+held-out patches) -> ``assemble`` (the :class:`~xharmonise.Harmoniser`).
+
+Everything before ``build_training_data`` is lazy; it reads the reductions and the
+patches (and nothing else) into memory. The benchmarks and the demo call these stages
+rather than re-writing their lines; what a method needs at each stage is asked of the
+registry (:mod:`xharmonise.models.registry`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xharmonise import checks, psf, sampling
+from xharmonise import grid as _grid
+from xharmonise.coregister import estimate_on_grid
+from xharmonise.errors import BandMismatchError, CoregistrationError, GridError, InputValueError
+from xharmonise.harmoniser import FitReport, Harmoniser, package_versions
+from xharmonise.harmoniser import Mapping as ModelMapping
+from xharmonise.metrics import metric_table
+from xharmonise.models.budget import TrainingConfig
+from xharmonise.models.linear import apply_linear, fit_linear
+from xharmonise.models.registry import RING_EXTRA, Method
+from xharmonise.records import PairGrid, ShiftEstimate
+from xharmonise.scaling import as_band_array, band_names, to_reflectance
+
+__all__ = [
+    "Evaluation",
+    "PairedReflectance",
+    "PreparedPair",
+    "Trained",
+    "TrainingData",
+    "assemble",
+    "build_training_data",
+    "evaluate",
+    "fit_baseline",
+    "measure_shift",
+    "prepare_pair",
+    "reflectance_pair",
+    "train_network",
+]
+
+# MTF assumed for reference bands whose name is not a Sentinel-2 band: close to the mean
+# of the 10 m bands, the closest guess for an unknown ~10 m sensor.
+_DEFAULT_MTF = 0.26
+
+
+def _pair_bands(
+    src: xr.DataArray, ref: xr.DataArray, bands: Mapping[str, str] | Sequence[str] | None
+) -> tuple[xr.DataArray, xr.DataArray, list[str], list[str]]:
+    src_names, ref_names = band_names(src), band_names(ref)
+    bands = checks.mapping_or_names(bands, "bands")
+    if bands is None:
+        if len(src_names) != len(ref_names):
+            raise BandMismatchError(
+                f"the source has {len(src_names)} bands {src_names} and the reference "
+                f"{len(ref_names)} {ref_names}: pass bands={{src_band: ref_band, ...}} to "
+                "say which bands pair up"
+            )
+        return src, ref, src_names, ref_names
+    if isinstance(bands, Mapping):
+        pairs = list(bands.items())
+    elif len(bands) == len(src_names):
+        pairs = list(zip(src_names, bands, strict=True))
+    else:
+        raise BandMismatchError(
+            f"bands= lists {len(bands)} reference bands for {len(src_names)} source bands "
+            f"{src_names}: give one per source band, or a {{src_band: ref_band}} mapping"
+        )
+    unknown = [s for s, _ in pairs if s not in src_names] + [
+        r for _, r in pairs if r not in ref_names
+    ]
+    if unknown:
+        raise BandMismatchError(
+            f"unknown band names {unknown} in bands=: the source has {src_names} and the "
+            f"reference {ref_names}"
+        )
+    twice = sorted({r for _, r in pairs if [q for _, q in pairs].count(r) > 1})
+    if twice:
+        raise BandMismatchError(
+            f"bands= pairs reference band(s) {twice} with several source bands: pair each "
+            "reference band with one source band"
+        )
+    si = [src_names.index(s) for s, _ in pairs]
+    ri = [ref_names.index(r) for _, r in pairs]
+    return (
+        src.isel(band=si),
+        ref.isel(band=ri),
+        [s for s, _ in pairs],
+        [r for _, r in pairs],
+    )
+
+
+def _crop_mask(mask: xr.DataArray, ref: xr.DataArray, g: PairGrid) -> xr.DataArray:
+    if (mask.sizes.get("y"), mask.sizes.get("x")) == (ref.sizes["y"], ref.sizes["x"]):
+        same = all(
+            d in mask.coords
+            and np.asarray(mask[d].values).dtype.kind in "iuf"
+            and np.allclose(mask[d].values, ref[d].values)
+            for d in ("y", "x")
+        )
+        if same:
+            return mask.isel(y=g.ref_rows, x=g.ref_cols)
+    raise GridError(
+        "the mask is not on the reference grid: give a (y, x) mask with the reference's "
+        "shape and coordinates (e.g. mask.rio.reproject_match(ref, resampling=nearest))"
+    )
+
+
+# Surface reflectance lives in [0, 1]; bright clouds, snow and specular glints reach ~1.5
+# and atmospheric correction can undershoot a little below 0. Far outside that, the
+# scaling is wrong (typically DN not scaled).
+_REFLECTANCE_RANGE = (-0.5, 1.5)
+
+
+def _check_reflectance_range(coarse: sampling.Coarse) -> None:
+    lo, hi = _REFLECTANCE_RANGE
+    for name, values, arg in (
+        ("source", coarse.src, "scale=(src_scale, None)"),
+        ("reference", coarse.ref, "scale=(None, ref_scale)"),
+    ):
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            continue
+        p1, p99 = np.percentile(finite, [1, 99])
+        if p1 < lo or p99 > hi:
+            raise InputValueError(
+                f"the {name} does not look like reflectance after scaling (1st-99th "
+                f"percentiles {p1:.3g} to {p99:.3g}, expected within {lo} to {hi}): give its "
+                f"DN scale with {arg}, e.g. 1e-4 for Pleiades/Sentinel-2 DN or 1/255 for "
+                "8-bit images"
+            )
+
+
+def _sigmas(ref_names: Sequence[str], factor: int) -> list[float]:
+    res = 10.0  # only the ratio matters: sigma in source-grid pixels
+    return [
+        psf.sigma_from_mtf(psf.S2_MTF.get(b.upper(), _DEFAULT_MTF), res, res / factor)
+        for b in ref_names
+    ]
+
+
+@dataclass(frozen=True)
+class PairedReflectance:
+    """Both inputs as reflectance (band, y, x), their bands paired in order.
+
+    Attributes
+    ----------
+    src, ref : xarray.DataArray
+        Source and reference reflectance, lazy when the inputs are.
+    src_bands, ref_bands : tuple of str
+        ``src_bands[i]`` pairs with ``ref_bands[i]``.
+    src_scale, src_offset : float
+        Source reflectance = DN x scale + offset, as applied.
+    src_dtype : str
+        The source's dtype before scaling (integer DN or float reflectance).
+    """
+
+    src: xr.DataArray
+    ref: xr.DataArray
+    src_bands: tuple[str, ...]
+    ref_bands: tuple[str, ...]
+    src_scale: float
+    src_offset: float
+    src_dtype: str
+
+
+def reflectance_pair(
+    src: xr.DataArray | xr.Dataset,
+    ref: xr.DataArray | xr.Dataset,
+    *,
+    scale: float | tuple[float | None, float | None] | None = None,
+    offset: float | tuple[float | None, float | None] | None = None,
+    bands: Mapping[str, str] | Sequence[str] | None = None,
+) -> PairedReflectance:
+    """Reflectance of both inputs with their bands paired (lazy).
+
+    Examples
+    --------
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> paired = reflectance_pair(pair.src, pair.ref, bands={"B2": "B4", "B3": "B8"})
+    >>> paired.src_bands, paired.ref_bands, paired.src.sizes["band"]
+    (('B2', 'B3'), ('B4', 'B8'), 2)
+    """
+    src_scale, ref_scale = checks.per_input(scale, "scale", positive=True, example="1e-4")
+    src_offset, ref_offset = checks.per_input(offset, "offset", positive=False, example="-0.1")
+    src_da = as_band_array(src, "the source")
+    ref_da = as_band_array(ref, "the reference")
+    src_r = to_reflectance(src_da, scale=src_scale, offset=src_offset, name="the source")
+    ref_r = to_reflectance(ref_da, scale=ref_scale, offset=ref_offset, name="the reference")
+    src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
+    used_scale = src_scale if src_scale is not None else src_da.attrs.get("scale_factor")
+    used_offset = src_offset if src_offset is not None else src_da.attrs.get("add_offset")
+    # to_reflectance checked the attributes: numbers (or arrays of one) when present.
+    used_scale = 1.0 if used_scale is None else float(np.asarray(used_scale).reshape(()))
+    used_offset = 0.0 if used_offset is None else float(np.asarray(used_offset).reshape(()))
+    return PairedReflectance(
+        src=src_r,
+        ref=ref_r,
+        src_bands=tuple(src_names),
+        ref_bands=tuple(ref_names),
+        src_scale=used_scale,
+        src_offset=used_offset,
+        src_dtype=str(src_da.dtype),
+    )
+
+
+def measure_shift(
+    paired: PairedReflectance,
+    grid: PairGrid,
+    mask: xr.DataArray | None = None,
+    **options: Any,
+) -> ShiftEstimate:
+    """Phase-correlation shift of the source relative to the reference on ``grid``
+    (options as for :func:`xharmonise.estimate_shift`)."""
+    return estimate_on_grid(
+        _grid.align_source(paired.src, grid),
+        paired.ref.isel(y=grid.ref_rows, x=grid.ref_cols),
+        _crop_mask(mask, paired.ref, grid) if mask is not None else None,
+        factor=grid.factor,
+        sigmas=_sigmas(paired.ref_bands, grid.factor),
+        bands=list(paired.ref_bands),
+        **options,
+    )
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    """The pair ready to sample: on one phase-aligned grid, co-registered if asked.
+
+    Attributes
+    ----------
+    paired : PairedReflectance
+        The reflectances (the source as corrected by ``applied_shift``, if any).
+    grid : PairGrid
+        The training grid (after the correction).
+    aligned : xarray.DataArray
+        The source resampled onto the reference's phase, cropped to the overlap (lazy).
+    ref : xarray.DataArray
+        The reference cropped to the overlap (lazy).
+    mask : xarray.DataArray or None
+        The cloud mask cropped like ``ref``.
+    sigmas : tuple of float
+        Reference MTF Gaussian sigma per band, in source pixels.
+    shift_estimate : ShiftEstimate or None
+        The phase-correlation shift measured, if any.
+    applied_shift : (float, float) or None
+        The (east, north) shift the source was corrected by before sampling.
+    """
+
+    paired: PairedReflectance
+    grid: PairGrid
+    aligned: xr.DataArray
+    ref: xr.DataArray
+    mask: xr.DataArray | None
+    sigmas: tuple[float, ...]
+    shift_estimate: ShiftEstimate | None
+    applied_shift: tuple[float, float] | None
+
+
+def prepare_pair(
+    paired: PairedReflectance,
+    *,
+    mask: xr.DataArray | None,
+    coregister: bool | ShiftEstimate,
+    measure: bool,
+    seed: int,
+) -> PreparedPair:
+    """Put the pair on one grid, measuring its shift when ``coregister`` or ``measure``
+    asks and correcting the source by it when ``coregister`` does.
+
+    A shift that ``measure`` alone asked for (BCNet sets it beside its filter's) is left
+    out when the measurement fails; with ``coregister=True`` the failure is raised.
+    """
+    g = _grid.pair_grid(paired.src, paired.ref)
+    estimate = coregister if isinstance(coregister, ShiftEstimate) else None
+    if estimate is None and (coregister or measure):
+        try:
+            estimate = measure_shift(paired, g, mask, seed=seed)
+        except CoregistrationError:
+            if coregister:
+                raise
+    applied = None
+    resampling = "bilinear"
+    if coregister and estimate is not None:
+        paired = _replace_src(
+            paired, _grid.translate(paired.src, -estimate.east, -estimate.north, crs=g.ref.crs)
+        )
+        g = _grid.pair_grid(paired.src, paired.ref)
+        applied = (float(estimate.east), float(estimate.north))
+        # Cubic keeps more of the source's detail than bilinear through a sub-pixel move.
+        resampling = "cubic"
+    return PreparedPair(
+        paired=paired,
+        grid=g,
+        aligned=_grid.align_source(paired.src, g, resampling=resampling),
+        ref=paired.ref.isel(y=g.ref_rows, x=g.ref_cols),
+        mask=_crop_mask(mask, paired.ref, g) if mask is not None else None,
+        sigmas=tuple(_sigmas(paired.ref_bands, g.factor)),
+        shift_estimate=estimate,
+        applied_shift=applied,
+    )
+
+
+def _replace_src(paired: PairedReflectance, src: xr.DataArray) -> PairedReflectance:
+    return PairedReflectance(
+        src=src,
+        ref=paired.ref,
+        src_bands=paired.src_bands,
+        ref_bands=paired.ref_bands,
+        src_scale=paired.src_scale,
+        src_offset=paired.src_offset,
+        src_dtype=paired.src_dtype,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The pair's training data, in memory: everything the later stages read.
+
+    Attributes
+    ----------
+    coarse : sampling.Coarse
+        Reference-resolution reductions of the whole overlap.
+    index : sampling.PatchIndex
+        Patch geometry and validity.
+    train_cells, test_cells : numpy.ndarray
+        (n, 2) patch (row, col) of the training and held-out patches.
+    n_val : int
+        The first ``n_val`` training patches are the validation patches of early stopping.
+    margin : int
+        Source pixels around full-resolution patches (methods that train on them).
+    train, held_out : sampling.Patches
+        The training patches and those the metrics are computed on (the test patches, or
+        the training ones when no patch could be held out), each gathered once, with
+        full-resolution source patches when the method trains on them.
+    """
+
+    coarse: sampling.Coarse
+    index: sampling.PatchIndex
+    train_cells: np.ndarray
+    test_cells: np.ndarray
+    n_val: int
+    margin: int
+    train: sampling.Patches
+    held_out: sampling.Patches
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Patch counts: total, valid, no-data, cloudy, train, test."""
+        return dict(self.index.counts, train=len(self.train_cells), test=len(self.test_cells))
+
+
+def build_training_data(
+    pair: PreparedPair,
+    spec: Method,
+    *,
+    patch_size: int,
+    test_fraction: float,
+    max_patches: int | None,
+    seed: int,
+) -> TrainingData:
+    """Reduce the pair to the reference resolution, index and split its patches, and
+    gather them (the only stage that reads pixels)."""
+    g, sigmas = pair.grid, list(pair.sigmas)
+    n_bands = len(pair.paired.ref_bands)
+    margin = spec.filter_margin(sigmas, g.factor)
+    # The validated ring is the widest any method needs, so every method trains and is
+    # scored on the same patches of a pair.
+    ring = math.ceil(psf.kernel_margin(max(sigmas), g.factor, extra=RING_EXTRA) / g.factor)
+    coarse = sampling.reduce_to_reference(
+        pair.aligned, pair.ref, pair.mask, factor=g.factor, sigmas=sigmas
+    )
+    _check_reflectance_range(coarse)
+    index = sampling.patch_validity(coarse, patch_size=patch_size, ring=ring)
+    train_cells, test_cells = sampling.split_patches(
+        index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
+    )
+    n_pixels = len(train_cells) * patch_size**2
+    if n_pixels < n_bands + 1:
+        raise InputValueError(
+            f"only {len(train_cells)} training patch(es) of {patch_size} x {patch_size} pixels "
+            f"({n_pixels} pixels) for a linear fit of {n_bands + 1} terms per band: "
+            "raise max_patches or patch_size, or give a larger clear overlap"
+        )
+    # Early stopping needs its own held-out patches: the test split only scores the result.
+    n_val = max(1, round(0.1 * len(train_cells))) if len(train_cells) > 1 else 0
+    # Metrics use the held-out patches; a single valid patch can only be scored on itself.
+    eval_cells = test_cells if len(test_cells) else train_cells
+    full = pair.aligned if spec.trains_on == "full_patches" else None
+
+    def gather(cells: np.ndarray) -> sampling.Patches:
+        return sampling.gather(
+            index, cells, coarse=coarse, src=full, factor=g.factor, margin=margin
+        )
+
+    return TrainingData(
+        coarse=coarse,
+        index=index,
+        train_cells=train_cells,
+        test_cells=test_cells,
+        n_val=n_val,
+        margin=margin,
+        train=gather(train_cells),
+        held_out=gather(eval_cells),
+    )
+
+
+def fit_baseline(data: TrainingData) -> np.ndarray:
+    """The per-band linear baseline ``[A | b]`` (band, band + 1) on the training patches."""
+    return fit_linear(data.train.src, data.train.ref, axis=1)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained network and what it predicts on the held-out patches.
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        The network, on the CPU, in eval mode.
+    history : dict
+        Training curves and run facts (best iteration, steps run, seconds, device, the
+        linear baseline's validation error).
+    prediction : numpy.ndarray
+        (patch, band, y, x) prediction on the held-out patches.
+    variance : numpy.ndarray or None
+        Its variance, for networks with a variance head.
+    """
+
+    net: Any
+    history: dict[str, Any]
+    prediction: np.ndarray
+    variance: np.ndarray | None
+
+
+def _model_input(patches: sampling.Patches, spec: Method) -> np.ndarray:
+    if spec.trains_on == "full_patches":
+        assert patches.src_full is not None, "build_training_data gathers them for this method"
+        return patches.src_full
+    return patches.src
+
+
+def train_network(
+    pair: PreparedPair,
+    data: TrainingData,
+    spec: Method,
+    linear: np.ndarray,
+    *,
+    variance: bool,
+    iterations: int | None,
+    batch_size: int | None,
+    seed: int,
+    device: str,
+    progress: bool,
+    budget: TrainingConfig | None = None,
+) -> Trained:
+    """Train the method's network on the training patches, stopping early on the
+    validation patches, and predict the held-out patches.
+
+    ``budget`` replaces the method's default budget on the device (``iterations`` and
+    ``batch_size`` still override its fields), for benchmarks that compare budgets.
+    """
+    # torch is imported here only: the linear path and predict's NumPy path never need it.
+    import torch
+
+    from xharmonise.losses import relative_error
+    from xharmonise.models import build_model
+    from xharmonise.training import PatchSet, train
+
+    n_val = data.n_val
+    n_fit = len(data.train_cells) - n_val
+    pixels = n_fit * data.index.patch_size**2
+    if pixels < 2:
+        raise InputValueError(
+            f"only {pixels} pixel(s) to train on ({n_fit} patch of "
+            f"{data.index.patch_size} x {data.index.patch_size} after holding out validation "
+            "and test patches), which batch normalisation cannot use: raise max_patches or "
+            "patch_size, or give a larger clear overlap"
+        )
+    src, ref = _model_input(data.train, spec), data.train.ref
+    fit_set = PatchSet(src=src[n_val:], ref=ref[n_val:])
+    # With one training patch, it is its own validation patch.
+    val = slice(0, n_val) if n_val else slice(None)
+    val_set = PatchSet(src=src[val], ref=ref[val])
+    reference = float(
+        relative_error(
+            torch.from_numpy(apply_linear(linear, data.train.src[val], axis=1)),
+            torch.from_numpy(ref[val]),
+        )
+    )
+    g = pair.grid
+    net = build_model(
+        spec.name,
+        fit_set.n_bands,
+        variance=variance,
+        factor=g.factor,
+        sigmas=list(pair.sigmas),
+        margin=data.margin,
+        seed=seed,
+    )
+    result = train(
+        net,
+        fit_set,
+        val_set,
+        iterations=iterations,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        reference_loss=None if variance else reference,
+        budget=budget,
+    )
+    net = net.cpu().eval()
+    with torch.inference_mode():
+        pred, var = net(torch.from_numpy(_model_input(data.held_out, spec)))
+    history = dict(result.history)
+    history.update(
+        best_iteration=result.best_iteration,
+        iterations_run=result.iterations_run,
+        seconds=result.seconds,
+        device=result.device,
+        linear_val_relative_error=reference,
+    )
+    return Trained(
+        net=net,
+        history=history,
+        prediction=pred.numpy(),
+        variance=None if var is None else var.numpy(),
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The fit's scores on the held-out patches.
+
+    Attributes
+    ----------
+    metrics : xarray.DataArray
+        (band, metric, stage) for the stages initial, linear and model.
+    samples : dict of numpy.ndarray
+        A seeded subset of the held-out pixels, (pixel, band) float32 per stage, plus
+        ``target`` and, with a variance head, ``variance``.
+    """
+
+    metrics: xr.DataArray
+    samples: dict[str, np.ndarray]
+
+
+# Test-split pixels kept in the model for its report's scatter plots: enough for smooth
+# density plots, small enough to keep model files around a megabyte.
+_MAX_SAMPLES = 20_000
+
+
+def evaluate(
+    data: TrainingData,
+    linear: np.ndarray,
+    trained: Trained | None,
+    ref_bands: Sequence[str],
+    *,
+    seed: int,
+) -> Evaluation:
+    """Score the source as it is, the linear baseline and the model on the held-out
+    patches (the model is the baseline when nothing was trained)."""
+    held = data.held_out
+    predictions: dict[str, np.ndarray] = {
+        "initial": held.src,
+        "linear": apply_linear(linear, held.src, axis=1),
+    }
+    predictions["model"] = predictions["linear"] if trained is None else trained.prediction
+    target = np.moveaxis(held.ref, 1, 0)
+    table = metric_table(
+        target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, list(ref_bands)
+    )
+    stages = dict(predictions, target=held.ref)
+    if trained is not None and trained.variance is not None:
+        stages["variance"] = trained.variance
+    return Evaluation(metrics=table, samples=_sample_pixels(stages, seed=seed))
+
+
+def _sample_pixels(stages: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """A seeded random subset of (patch, band, y, x) arrays as (pixel, band) float32."""
+    flat = {k: np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) for k, v in stages.items()}
+    n = len(flat["target"])
+    keep = np.random.default_rng(seed).permutation(n)[: min(n, _MAX_SAMPLES)]
+    keep.sort()
+    return {k: np.ascontiguousarray(v[keep], dtype=np.float32) for k, v in flat.items()}
+
+
+def assemble(
+    pair: PreparedPair,
+    data: TrainingData,
+    spec: Method,
+    linear: np.ndarray,
+    trained: Trained | None,
+    evaluation: Evaluation,
+    *,
+    variance: bool,
+) -> Harmoniser:
+    """The fitted model: the mapping ``predict`` applies and the report of the fit."""
+    p = pair.paired
+    mapping = ModelMapping(
+        method=spec.name,
+        src_bands=p.src_bands,
+        ref_bands=p.ref_bands,
+        factor=pair.grid.factor,
+        sigmas=pair.sigmas,
+        src_scale=p.src_scale,
+        src_offset=p.src_offset,
+        src_dtype=p.src_dtype,
+        linear=linear,
+        net=None if trained is None else trained.net,
+        variance=variance,
+        grid=pair.grid,
+        applied_shift=pair.applied_shift,
+    )
+    report = FitReport(
+        metrics=evaluation.metrics,
+        history={} if trained is None else trained.history,
+        patches=data.counts,
+        samples=evaluation.samples,
+        shift_estimate=pair.shift_estimate,
+        versions=package_versions(),
+    )
+    return Harmoniser(mapping=mapping, fit_report=report)
