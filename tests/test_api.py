@@ -9,6 +9,7 @@ import rioxarray
 import xarray as xr
 
 import xharmonise
+from xharmonise import Harmoniser
 from xharmonise.errors import BandMismatchError, GridError, InputValueError, UnknownMethodError
 from xharmonise.simulate import simulate_pair
 
@@ -142,7 +143,7 @@ def test_three_bands_and_band_mapping():
     model = xharmonise.fit(
         pair.src, pair.ref, method="linear", bands={"B0": "B2", "B1": "B3", "B2": "B4"}
     )
-    assert model.src_bands == ["B0", "B1", "B2"] and model.ref_bands == ["B2", "B3", "B4"]
+    assert model.src_bands == ("B0", "B1", "B2") and model.ref_bands == ("B2", "B3", "B4")
     out = xharmonise.predict(pair.src.sel(band=["B0", "B1", "B2"]), model)
     assert out["prediction"].shape == (3, 500, 500)
     with pytest.raises(BandMismatchError, match="trained on 3"):
@@ -258,23 +259,27 @@ def test_coregister_improves_linear_and_predict_moves_only_the_georeferencing(
     src = pair.src.chunk({"y": 203, "x": 203}) if backend == "dask" else pair.src
     plain = xharmonise.fit(src, pair.ref, method="linear", patch_size=16)
     fixed = xharmonise.fit(src, pair.ref, method="linear", patch_size=16, coregister=True)
-    assert plain.coregistration is None
-    reg = fixed.coregistration
-    assert reg["applied"] and abs(reg["east"] - 5.0) < 1.0 and abs(reg["north"] + 3.0) < 1.0
+    assert plain.shift_estimate is None and plain.applied_shift is None
+    east, north = fixed.applied_shift
+    assert (east, north) == (fixed.shift_estimate.east, fixed.shift_estimate.north)
+    assert abs(east - 5.0) < 1.0 and abs(north + 3.0) < 1.0
     before, after = (m.metrics.sel(metric="rmse", stage="linear") for m in (plain, fixed))
     # Mis-registration dominates the residual of the plain fit; corrected, it is gone.
     assert (after < 0.5 * before).all(), (before.values, after.values)
 
     out = xharmonise.predict(src, fixed)
     assert isinstance(out["prediction"].data, type(src.data))
-    np.testing.assert_allclose(out["x"].values, src["x"].values - reg["east"], atol=1e-9)
-    np.testing.assert_allclose(out["y"].values, src["y"].values - reg["north"], atol=1e-9)
+    np.testing.assert_allclose(out["x"].values, src["x"].values - east, atol=1e-9)
+    np.testing.assert_allclose(out["y"].values, src["y"].values - north, atol=1e-9)
     t0, t1 = src.rio.transform(), out.rio.transform()
-    assert (t1.c, t1.f) == pytest.approx((t0.c - reg["east"], t0.f - reg["north"]), abs=1e-6)
+    assert (t1.c, t1.f) == pytest.approx((t0.c - east, t0.f - north), abs=1e-6)
     assert (t1.a, t1.e) == (t0.a, t0.e)
     assert out.rio.crs == src.rio.crs
     # Values untouched: the same mapping without the move gives the same pixels.
-    unmoved = dataclasses.replace(fixed, coregistration=None)
+    unmoved = Harmoniser(
+        mapping=dataclasses.replace(fixed.mapping, applied_shift=None),
+        fit_report=fixed.fit_report,
+    )
     np.testing.assert_array_equal(
         out["prediction"].values, xharmonise.predict(src, unmoved)["prediction"].values
     )
@@ -291,7 +296,7 @@ def test_coregister_accepts_a_measured_shift(shifted_pair):
     pair = shifted_pair
     est = xharmonise.estimate_shift(pair.src, pair.ref)
     model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16, coregister=est)
-    assert (model.coregistration["east"], model.coregistration["north"]) == (est.east, est.north)
+    assert model.applied_shift == (est.east, est.north)
     assert model.shift_estimate.windows.shape == est.windows.shape
     shift = model.shift
     assert list(shift["estimate"].values) == ["phase_correlation"]

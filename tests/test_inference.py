@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from xharmonise import inference
-from xharmonise.harmoniser import Harmoniser
+from xharmonise.grid import pair_grid
+from xharmonise.harmoniser import FitReport, Harmoniser, Mapping
 from xharmonise.inference import PixelKernel, _run_pixels, map_pixels
 from xharmonise.models import build_model, network_spec
+from xharmonise.simulate import simulate_pair
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -29,22 +34,39 @@ def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
     return net.eval()
 
 
+@functools.cache
+def _grid():
+    pair = simulate_pair((100, 100), seed=0)
+    return pair_grid(pair.src, pair.ref)
+
+
 def _harmoniser(net: torch.nn.Module, method: str = "calibnet") -> Harmoniser:
     n = net.n_bands
-    bands = [f"B{i}" for i in range(n)]
-    return Harmoniser(
+    bands = tuple(f"B{i}" for i in range(n))
+    mapping = Mapping(
         method=method,
         src_bands=bands,
         ref_bands=bands,
         factor=5,
-        sigmas=[2.5] * n,
+        sigmas=(2.5,) * n,
         src_scale=1.0,
         src_offset=0.0,
+        src_dtype="float32",
         linear=np.zeros((n, n + 1), np.float32),
-        metrics=None,
-        variance=bool(net.variance),
         net=net,
+        variance=bool(net.variance),
+        grid=_grid(),
+        applied_shift=None,
     )
+    report = FitReport(
+        metrics=xr.DataArray(np.zeros((n, 1, 1)), dims=("band", "metric", "stage")),
+        history={},
+        patches={},
+        samples={},
+        shift_estimate=None,
+        versions={},
+    )
+    return Harmoniser(mapping=mapping, fit_report=report)
 
 
 def _image(n_bands: int, shape: tuple[int, int] = (37, 53), seed: int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ def test_linear_reduces_10m_rmse_on_every_band(strip):
     # Both are display-stretched 8-bit: scale to [0, 1] so they compare as reflectances.
     model = xharmonise.fit(aerial, s2, method="linear", scale=1 / 255, progress=False)
     assert model.factor == 2
-    assert model.ref_bands == ["B4", "B3", "B2"]
+    assert model.ref_bands == ("B4", "B3", "B2")
     rmse = model.metrics.sel(metric="rmse")
     assert (rmse.sel(stage="linear") < rmse.sel(stage="initial")).all()
     assert model.patches["test"] >= 10

@@ -20,7 +20,7 @@ from xharmonise.errors import (
     StoreExistsError,
     UnknownMethodError,
 )
-from xharmonise.harmoniser import Harmoniser, load
+from xharmonise.harmoniser import FitReport, Harmoniser, Mapping, load, save
 from xharmonise.masks import cloud_mask_from_clm, cloud_mask_from_scl
 from xharmonise.records import ShiftEstimate
 from xharmonise.store import to_zarr
@@ -33,11 +33,13 @@ __all__ = [
     "CoregistrationError",
     "DetailLossWarning",
     "DimensionError",
+    "FitReport",
     "GridError",
     "HarmoniseError",
     "Harmoniser",
     "InputTypeError",
     "InputValueError",
+    "Mapping",
     "MissingCRSError",
     "ModelFileError",
     "NoOverlapError",
@@ -51,5 +53,6 @@ __all__ = [
     "fit",
     "load",
     "predict",
+    "save",
     "to_zarr",
 ]
