@@ -96,10 +96,9 @@ def test_naive_phase_correlation_at_the_reference_resolution_is_biased_and_ours_
     src = to_reflectance(pair.src)
     g = grid.pair_grid(src, pair.ref)
     from xharmonise import psf
-    from xharmonise.api import _sigmas
 
     degraded = psf.degrade_array(
-        grid.align_source(src, g).values, _sigmas(list(pair.ref["band"].values), 5), 5
+        grid.align_source(src, g).values, psf.reference_sigmas(list(pair.ref["band"].values), 5), 5
     )
     ref = pair.ref.isel(y=g.ref_rows, x=g.ref_cols).values
     naive = []

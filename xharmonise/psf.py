@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = [
+    "DEFAULT_MTF",
     "S2_MTF",
     "degrade",
     "degrade_array",
@@ -23,6 +24,7 @@ __all__ = [
     "gaussian_kernel",
     "kernel_margin",
     "nyquist_response",
+    "reference_sigmas",
     "sigma_from_mtf",
 ]
 
@@ -66,6 +68,26 @@ def sigma_from_mtf(mtf: float, ref_resolution: float, src_resolution: float) -> 
     if not 0.0 < mtf < 1.0:
         raise ValueError(f"MTF must be in (0, 1), got {mtf}")
     return ref_resolution / math.pi * math.sqrt(-2.0 * math.log(mtf)) / src_resolution
+
+
+#: MTF at Nyquist assumed for reference bands whose name is not a Sentinel-2 band: close to
+#: the mean of the 10 m bands, the closest guess for an unknown ~10 m sensor.
+DEFAULT_MTF: float = 0.26
+
+
+def reference_sigmas(bands: Sequence[str], factor: int) -> list[float]:
+    """Per-band Gaussian sigma, in source pixels, of the reference MTF for ``bands``.
+
+    Sentinel-2 band names (any case) take their MTF from :data:`S2_MTF`, others
+    :data:`DEFAULT_MTF`; only the resolution ratio ``factor`` matters.
+
+    Examples
+    --------
+    >>> [round(s, 2) for s in reference_sigmas(["B4", "b8", "pan"], 5)]
+    [2.72, 2.76, 2.61]
+    """
+    res = 10.0
+    return [sigma_from_mtf(S2_MTF.get(b.upper(), DEFAULT_MTF), res, res / factor) for b in bands]
 
 
 def kernel_margin(sigma: float, factor: int, extra: int = 0) -> int:

@@ -51,10 +51,6 @@ __all__ = [
     "train_network",
 ]
 
-# MTF assumed for reference bands whose name is not a Sentinel-2 band: close to the mean
-# of the 10 m bands, the closest guess for an unknown ~10 m sensor.
-_DEFAULT_MTF = 0.26
-
 
 def _pair_bands(
     src: xr.DataArray, ref: xr.DataArray, bands: Mapping[str, str] | Sequence[str] | None
@@ -143,14 +139,6 @@ def _check_reflectance_range(coarse: sampling.Coarse) -> None:
             )
 
 
-def _sigmas(ref_names: Sequence[str], factor: int) -> list[float]:
-    res = 10.0  # only the ratio matters: sigma in source-grid pixels
-    return [
-        psf.sigma_from_mtf(psf.S2_MTF.get(b.upper(), _DEFAULT_MTF), res, res / factor)
-        for b in ref_names
-    ]
-
-
 @dataclass(frozen=True)
 class PairedReflectance:
     """Both inputs as reflectance (band, y, x), their bands paired in order.
@@ -230,7 +218,7 @@ def measure_shift(
         paired.ref.isel(y=grid.ref_rows, x=grid.ref_cols),
         _crop_mask(mask, paired.ref, grid) if mask is not None else None,
         factor=grid.factor,
-        sigmas=_sigmas(paired.ref_bands, grid.factor),
+        sigmas=psf.reference_sigmas(paired.ref_bands, grid.factor),
         bands=list(paired.ref_bands),
         **options,
     )
@@ -308,7 +296,7 @@ def prepare_pair(
         aligned=_grid.align_source(paired.src, g, resampling=resampling),
         ref=paired.ref.isel(y=g.ref_rows, x=g.ref_cols),
         mask=_crop_mask(mask, paired.ref, g) if mask is not None else None,
-        sigmas=tuple(_sigmas(paired.ref_bands, g.factor)),
+        sigmas=tuple(psf.reference_sigmas(paired.ref_bands, g.factor)),
         shift_estimate=estimate,
         applied_shift=applied,
     )
