@@ -146,7 +146,7 @@ class BandMismatchError(HarmoniseError):
     >>> model = xharmonise.fit(pair.src, pair.ref.sel(band=["B4", "B8"]), method="linear",
     ...                        bands={"B2": "B4", "B3": "B8"}, patch_size=8)
     >>> model.src_bands, model.ref_bands
-    (['B2', 'B3'], ['B4', 'B8'])
+    (('B2', 'B3'), ('B4', 'B8'))
     """
 
 

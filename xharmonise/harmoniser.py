@@ -96,6 +96,19 @@ class Mapping:
         a network of another method or band count...).
     UnknownMethodError
         ``method`` is no known method.
+
+    Examples
+    --------
+    >>> import dataclasses, xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> mapping = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8).mapping
+    >>> mapping.method, mapping.ref_bands, mapping.linear.shape
+    ('linear', ('B2', 'B3', 'B4', 'B8'), (4, 5))
+    >>> dataclasses.replace(mapping, sigmas=(2.5,))
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: ...
     """
 
     method: str
@@ -226,6 +239,15 @@ class FitReport:
     ------
     InputValueError
         A field of the wrong kind.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> report = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8).fit_report
+    >>> report.metrics.dims, sorted(report.samples)
+    (('band', 'metric', 'stage'), ['initial', 'linear', 'model', 'target'])
     """
 
     metrics: xr.DataArray
@@ -404,6 +426,17 @@ class Harmoniser:
 
         Same bands, grid, scaling, applied shift and report; the mapping is the linear
         coefficients alone (no network, no variance).
+
+        Examples
+        --------
+        >>> import xharmonise
+        >>> from xharmonise.simulate import simulate_pair
+        >>> pair = simulate_pair((200, 200), seed=0)
+        >>> model = xharmonise.fit(pair.src, pair.ref, method="calibnet", patch_size=8,
+        ...                        iterations=5, batch_size=2, progress=False)
+        >>> linear = model.baseline()
+        >>> linear.method, linear.net is None, bool((linear.linear == model.linear).all())
+        ('linear', True, True)
         """
         return Harmoniser(
             mapping=replace(self.mapping, method="linear", net=None, variance=False),
