@@ -387,6 +387,14 @@ def test_one_pixel_training_steps_are_refused_before_any_data_is_read(inputs):
     assert inputs.reads == []
 
 
+def test_a_variance_head_on_a_method_without_one_is_refused_before_any_data_is_read(inputs):
+    # It used to be refused only once the model was assembled, after sampling.
+    inputs.reads.clear()
+    with pytest.raises(InputValueError, match="method='linear' has no variance head"):
+        _fit(inputs, "free", {"method": "linear", "variance": True})
+    assert inputs.reads == []
+
+
 def test_to_zarr_refuses_resume_with_mode_w_and_options_on_a_local_path(inputs, tmp_path):
     for kw, pattern in (
         ({"resume": True, "mode": "w"}, "resume=True .* mode='w'"),

@@ -15,6 +15,7 @@ import xarray as xr
 from xharmonise import checks
 from xharmonise.errors import DimensionError, InputTypeError, InputValueError
 from xharmonise.harmoniser import Harmoniser
+from xharmonise.models.registry import METHODS
 from xharmonise.models.registry import method as method_spec
 from xharmonise.records import ShiftEstimate
 
@@ -48,6 +49,12 @@ def fit_options(
     """
     spec = method_spec(method)
     checks.flag(variance, "variance")
+    if variance and not spec.offers_variance:
+        offering = ", ".join(m.name for m in METHODS.values() if m.offers_variance)
+        raise InputValueError(
+            f"method={method!r} has no variance head: drop variance=True, or choose a method "
+            f"that offers one ({offering})"
+        )
     checks.integer(iterations, "iterations", minimum=1, optional=True)
     checks.integer(batch_size, "batch_size", minimum=1, optional=True)
     checks.integer(patch_size, "patch_size", minimum=1)
