@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -283,9 +283,8 @@ def prepare_pair(
     applied = None
     resampling = "bilinear"
     if coregister and estimate is not None:
-        paired = _replace_src(
-            paired, _grid.translate(paired.src, -estimate.east, -estimate.north, crs=g.ref.crs)
-        )
+        moved = _grid.translate(paired.src, -estimate.east, -estimate.north, crs=g.ref.crs)
+        paired = replace(paired, src=moved)
         g = _grid.pair_grid(paired.src, paired.ref)
         applied = (float(estimate.east), float(estimate.north))
         # Cubic keeps more of the source's detail than bilinear through a sub-pixel move.
@@ -299,18 +298,6 @@ def prepare_pair(
         sigmas=tuple(psf.reference_sigmas(paired.ref_bands, g.factor)),
         shift_estimate=estimate,
         applied_shift=applied,
-    )
-
-
-def _replace_src(paired: PairedReflectance, src: xr.DataArray) -> PairedReflectance:
-    return PairedReflectance(
-        src=src,
-        ref=paired.ref,
-        src_bands=paired.src_bands,
-        ref_bands=paired.ref_bands,
-        src_scale=paired.src_scale,
-        src_offset=paired.src_offset,
-        src_dtype=paired.src_dtype,
     )
 
 
