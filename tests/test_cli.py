@@ -25,7 +25,9 @@ from conftest import BUCKET, FailAfter, local_cluster
 from dask.utils import key_split
 
 import xharmonise
+from xharmonise import demo
 from xharmonise.cli import main
+from xharmonise.errors import InputValueError, UnknownMethodError
 from xharmonise.simulate import simulate_pair
 
 # Generous: a loaded 2-core machine; a hung command must still end the test.
@@ -484,13 +486,25 @@ def test_demo_tiny(tmp_path):
     assert re.search(r"shift by filter: \([+-]", proc.stdout), proc.stdout
 
 
+def test_demo_refuses_bad_options_before_simulating_anything(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputValueError, match="method='linear' has no variance head"):
+        demo.run(out, method="linear", variance=True, echo=lambda *a: None)
+    with pytest.raises(InputValueError, match="patch_size=0"):
+        demo.run(out, patch_size=0, echo=lambda *a: None)
+    with pytest.raises(UnknownMethodError):
+        demo.run(out, method="forest", echo=lambda *a: None)
+    assert not out.exists()
+
+
 def test_demo_on_given_files(files, linear_fit, tmp_path):
     proc = _ok(
         xh(
             "demo", "--src", files["src"], "--ref", files["ref"], "--mask", files["mask"],
-            "--method", "linear", "--no-variance", "--patch-size", "16", "--out", tmp_path, "-q",
+            "--method", "linear", "--patch-size", "16", "--out", tmp_path, "-q",
         )
     )  # fmt: skip
+    # No --no-variance needed: the variance head defaults to on only where one exists.
     # Nothing simulated, nothing scored against a truth that real data does not have.
     assert {p.name for p in tmp_path.iterdir()} == {
         "harmonised.zarr",

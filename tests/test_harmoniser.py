@@ -192,7 +192,14 @@ def test_baseline_is_the_linear_mapping_of_the_same_fit(v1):
     base = model.baseline()
     assert (base.method, base.net, base.variance) == ("linear", None, False)
     assert base.linear is model.linear and base.grid is model.grid
-    assert base.fit_report is model.fit_report and base.applied_shift == model.applied_shift
+    assert base.applied_shift == model.applied_shift
+    # Its report scores the baseline as the model: no network's numbers under its name.
+    assert base.shift_estimate is model.shift_estimate and base.patches == model.patches
+    rmse = base.metrics.sel(metric="rmse")
+    np.testing.assert_array_equal(rmse.sel(stage="model"), rmse.sel(stage="linear"))
+    assert not (model.metrics.sel(metric="rmse", stage="model") == rmse.sel(stage="model")).all()
+    assert base.history == {} and "variance" not in base.samples
+    np.testing.assert_array_equal(base.samples["model"], model.samples["linear"])
     assert (base.src_bands, base.ref_bands, base.sigmas) == (
         model.src_bands,
         model.ref_bands,

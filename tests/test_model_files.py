@@ -24,7 +24,7 @@ from xharmonise.records import ShiftEstimate
 from xharmonise.simulate import simulate_pair
 
 DATA = Path(__file__).parent / "data"
-V1_METHODS = ("linear", "bcnet", "convcalibnet")
+V1_METHODS = ("linear", "calibnet", "bcnet", "convcalibnet")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,48 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     edit(meta)
     save_file(tensors, str(dst), metadata={"xharmonise": json.dumps(meta)})
     return dst
+
+
+def test_a_0_1_0_linear_model_saved_with_variance_loads_without_a_head(window, io, tmp_path):
+    # 0.1.0's fit(method="linear", variance=True) saved variance=true with no network (its
+    # predict gave all-NaN variance planes); such a file loads as the model it is.
+    path = _rewrite(
+        DATA / "model-v1-linear.safetensors", tmp_path / "m.safetensors",
+        lambda m: m.update(variance=True),
+    )  # fmt: skip
+    model = xharmonise.load(path)
+    assert model.variance is False and model.net is None
+    out = xharmonise.predict(window, model)
+    assert list(out.data_vars) == ["prediction"]
+    np.testing.assert_array_equal(out["prediction"].values, io["linear.prediction"])
+
+
+def test_a_0_1_0_coregistered_model_moves_its_output_as_it_did(io):
+    # Format 1 kept the shift as coregistration = estimate + applied; read as applied_shift.
+    model = xharmonise.load(DATA / "model-v1-linear-coregistered.safetensors")
+    assert model.applied_shift == (model.shift_estimate.east, model.shift_estimate.north)
+    assert model.applied_shift == pytest.approx((4.0, -3.0), abs=0.5)
+    shifted = simulate_pair((600, 600), shift=(4.0, -3.0), seed=1)
+    out = xharmonise.predict(shifted.src.isel(y=slice(0, 40), x=slice(0, 40)), model)
+    np.testing.assert_array_equal(out["prediction"].values, io["linear-coregistered.prediction"])
+    np.testing.assert_array_equal(out["x"].values, io["linear-coregistered.x"])
+    np.testing.assert_array_equal(out["y"].values, io["linear-coregistered.y"])
+
+
+@pytest.mark.parametrize("name", ["bcnet", "linear-coregistered"])
+def test_release_0_2_0_files_load_and_predict_bit_identically(name, window, io):
+    # Files of the current format, committed, so that a later change of format 2 shows.
+    path = DATA / f"model-v2-{name}.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        assert json.loads(f.metadata()["xharmonise"])["format"] == "xharmonise-model/2"
+    model = xharmonise.load(path)
+    if name == "bcnet":
+        _assert_predicts_like_0_1_0(model, window, io)
+        return
+    shifted = simulate_pair((600, 600), shift=(4.0, -3.0), seed=1)
+    out = xharmonise.predict(shifted.src.isel(y=slice(0, 40), x=slice(0, 40)), model)
+    np.testing.assert_array_equal(out["prediction"].values, io["linear-coregistered.prediction"])
+    np.testing.assert_array_equal(out["x"].values, io["linear-coregistered.x"])
 
 
 def test_unknown_format_is_refused_naming_it_and_the_formats_read(tmp_path):

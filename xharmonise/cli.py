@@ -507,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variance",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="variance head (default on)",
+        default=None,
+        help="variance head (default: on for the methods that offer one)",
     )
     p.add_argument("--iterations", type=_positive, help="training budget (default: the CPU one)")
     p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")

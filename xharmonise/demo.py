@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xharmonise import arguments, checks
 from xharmonise.errors import InputValueError
 from xharmonise.models.registry import MethodName
+from xharmonise.models.registry import method as method_spec
 from xharmonise.runfiles import format_metrics, open_mask, open_raster, shift_estimates
 
 if TYPE_CHECKING:
@@ -85,7 +87,7 @@ def run(
     mask: xr.DataArray | None = None,
     size: int = 2000,
     method: MethodName = "bcnet",
-    variance: bool = True,
+    variance: bool | None = None,
     iterations: int | None = None,
     patch_size: int = 32,
     seed: int = 0,
@@ -107,8 +109,8 @@ def run(
         Simulated source side in pixels (2 m); the reference is ``size / 5`` pixels.
     method : str
         Any :func:`xharmonise.fit` method.
-    variance : bool
-        Train the variance head.
+    variance : bool, optional
+        Train the variance head; by default when the method offers one (not ``linear``).
     iterations : int, optional
         Training budget; by default the library's (the CPU budget without a GPU).
     patch_size : int
@@ -144,6 +146,24 @@ def run(
     """
     if (src is None) != (ref is None):
         raise InputValueError("give both src and ref, or neither to simulate a pair")
+    if variance is None:
+        variance = method_spec(method).offers_variance
+    # Every option is refused here, before minutes of simulating and writing inputs.
+    arguments.fit_options(
+        method=method,
+        variance=variance,
+        iterations=iterations,
+        batch_size=None,
+        patch_size=patch_size,
+        test_fraction=0.1,
+        max_patches=None,
+        seed=seed,
+        device="auto",
+        progress=progress,
+        coregister=False,
+    )
+    checks.integer(size, "size", minimum=1)
+    checks.integer(chunks, "chunks", minimum=1)
     import dask
 
     import xharmonise

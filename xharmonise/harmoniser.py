@@ -424,8 +424,9 @@ class Harmoniser:
     def baseline(self) -> Harmoniser:
         """The linear baseline of this fit as a model of its own.
 
-        Same bands, grid, scaling, applied shift and report; the mapping is the linear
-        coefficients alone (no network, no variance).
+        Same bands, grid, scaling and applied shift; the mapping is the linear coefficients
+        alone (no network, no variance), and its report scores the baseline as the model
+        (its ``model`` stage is the ``linear`` one; no training history, no variance).
 
         Examples
         --------
@@ -437,10 +438,20 @@ class Harmoniser:
         >>> linear = model.baseline()
         >>> linear.method, linear.net is None, bool((linear.linear == model.linear).all())
         ('linear', True, True)
+        >>> rmse = linear.metrics.sel(metric="rmse")
+        >>> bool((rmse.sel(stage="model") == rmse.sel(stage="linear")).all()), linear.history
+        (True, {})
         """
+        r = self.fit_report
+        metrics = r.metrics.copy()
+        if "model" in metrics["stage"].values and "linear" in metrics["stage"].values:
+            metrics.loc[{"stage": "model"}] = metrics.sel(stage="linear")
+        samples = {k: v for k, v in r.samples.items() if k != "variance"}
+        if "linear" in samples:
+            samples["model"] = samples["linear"]
         return Harmoniser(
             mapping=replace(self.mapping, method="linear", net=None, variance=False),
-            fit_report=self.fit_report,
+            fit_report=replace(r, metrics=metrics, history={}, samples=samples),
         )
 
     @property
@@ -918,6 +929,11 @@ def _read_format_1(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         estimate = ShiftEstimate.from_dict({k: v for k, v in reg.items() if k != "applied"})
         if reg["applied"]:
             applied = (estimate.east, estimate.north)
+    if meta["net_config"] is None and meta["variance"] is True:
+        # 0.1.0 let fit(method="linear", variance=True) through and saved variance=true
+        # for a model without a head (its predict gave all-NaN variance planes): read it
+        # as what it is, a model without a variance head.
+        meta = dict(meta, variance=False)
     return _model(meta, meta, tensors, grid=grid, applied_shift=applied, shift_estimate=estimate)
 
 

@@ -133,7 +133,7 @@ def _build(
     raise ValueError(f"unknown method {method!r}; known: {', '.join(NEURAL_METHODS)}")
 
 
-def network_spec(net: nn.Module) -> dict[str, Any]:
+def network_spec(net: Any) -> dict[str, Any]:
     """JSON-able config + NumPy weights of a network: what is needed to rebuild it.
 
     The ``digest`` (SHA-256 of the weights) keys the inference workers' caches of rebuilt
