@@ -347,6 +347,9 @@ _ERRORS = [
     (["fit", "{src}", "{ref}", "--bands", "1=,2"], 2, "--bands"),
     (["fit", "{src}", "{ref}", "--method", "nope"], 2, "invalid choice"),
     (["fit", "{src}", "{ref}", "--scale", "abc"], 2, "--scale"),
+    # The output is refused before the inputs are even opened (garbage would fail there).
+    (["fit", "{garbage}", "{ref}", "-o", "{folder}/no/such/m.safetensors"], 1, "does not exist"),
+    (["fit", "{garbage}", "{ref}", "-o", "{folder}"], 1, "is a folder"),
     (["predict", "{src}", "-m", "{folder}/none.safetensors", "-o", "x.zarr"], 1, "no model"),
     (["predict", "{src}", "-m", "{garbage}", "-o", "x.zarr"], 1, "not a readable"),
     (["predict", "{src}", "-m", "m", "-o", "x.zarr", "--resume", "--overwrite"], 2, "not allowed"),
@@ -484,6 +487,14 @@ def test_demo_tiny(tmp_path):
     initial, linear, _ = map(float, found.groups())
     assert linear < initial
     assert re.search(r"shift by filter: \([+-]", proc.stdout), proc.stdout
+
+
+def test_report_refuses_its_destination_before_drawing(files, linear_fit, capsys):
+    model, _ = linear_fit
+    # --src with garbage would fail when read: the destination is refused first.
+    for out, says in ((files["folder"], "is a folder"), (files["garbage"] / "r.html", "is a file")):
+        code = main(["report", str(model), "--src", str(files["garbage"]), "-o", str(out)])
+        assert code == 1 and says in capsys.readouterr().err
 
 
 def test_demo_refuses_bad_options_before_simulating_anything(tmp_path):

@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import xharmonise
+from xharmonise.harmoniser import check_destination
 from xharmonise.models.registry import METHODS
 from xharmonise.runfiles import (
     InputError,
@@ -220,6 +221,8 @@ def _echo(*args: Any) -> None:
 
 # --------------------------------------------------------------------------- commands
 def _cmd_fit(args: argparse.Namespace) -> int:
+    # Before minutes of sampling and training: a model that cannot be written is refused now.
+    check_destination(args.out)
     src = open_raster(args.src, what="the source", chunks=args.chunks)
     ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
     mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
@@ -284,9 +287,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from xharmonise.plot import report
+    from xharmonise.plot import report, report_destination
 
     model = xharmonise.load(args.model)
+    report_destination(args.out)
     src = prediction = None
     if args.src:
         src = open_raster(args.src, what="the source", chunks=args.chunks)

@@ -44,7 +44,16 @@ from xharmonise.records import PairGrid, ShiftEstimate
 if TYPE_CHECKING:
     import fsspec
 
-__all__ = ["FORMAT", "FORMATS_READ", "FitReport", "Harmoniser", "Mapping", "load", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMATS_READ",
+    "FitReport",
+    "Harmoniser",
+    "Mapping",
+    "check_destination",
+    "load",
+    "save",
+]
 
 #: The format :func:`save` writes.
 FORMAT = "xharmonise-model/2"
@@ -678,8 +687,7 @@ def _encode(model: Harmoniser) -> bytes:
     return to_bytes(tensors, metadata={"xharmonise": json.dumps(meta)})
 
 
-def _write_local(path: Path, data: bytes) -> None:
-    """Write next to ``path`` and rename into place: a crash never leaves half a model."""
+def _check_local_destination(path: Path) -> None:
     if path.is_dir():
         raise ModelFileError(
             f"{path} is a folder: give a file path, e.g. {path / 'model.safetensors'}"
@@ -691,6 +699,39 @@ def _write_local(path: Path, data: bytes) -> None:
             f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
             "first or choose another path"
         )
+
+
+def check_destination(path: Any, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse a destination :func:`save` would refuse, before the work that makes the model.
+
+    Raises
+    ------
+    ModelFileError
+        The path is a folder, its folder does not exist, or the URL cannot be opened.
+    InputTypeError
+        The path is not a string or path-like.
+
+    Examples
+    --------
+    >>> check_destination("/no/such/folder/model.safetensors")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.ModelFileError: cannot write /no/such/folder/model.safetensors: ...
+    """
+    fs, where = _location(path, storage_options)
+    if fs is None:
+        assert isinstance(where, Path)
+        _check_local_destination(where)
+    elif fs.isdir(where):
+        raise ModelFileError(
+            f"{path} is a folder: give a file URL, e.g. {str(path).rstrip('/')}/model.safetensors"
+        )
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    """Write next to ``path`` and rename into place: a crash never leaves half a model."""
+    _check_local_destination(path)
+    folder = path.parent
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         # Mode 0o666 as open() uses, so the umask sets the file's permissions (mkstemp's
@@ -761,6 +802,7 @@ def save(
         raise InputTypeError(
             f"model is a {type_name(model)}: give a Harmoniser (from xharmonise.fit or load)"
         )
+    check_destination(path, storage_options=storage_options)
     fs, where = _location(path, storage_options)
     data = _encode(model)
     if fs is None:
@@ -768,10 +810,6 @@ def save(
         _write_local(where, data)
         return where
     assert isinstance(where, str)
-    if fs.isdir(where):
-        raise ModelFileError(
-            f"{path} is a folder: give a file URL, e.g. {str(path).rstrip('/')}/model.safetensors"
-        )
     try:
         fs.pipe_file(where, data)
     except (OSError, ValueError) as err:

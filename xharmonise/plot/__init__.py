@@ -14,13 +14,14 @@ files in a sibling ``<stem>_files`` folder.
 
 from xharmonise.plot.crops import rgb_crop, variance_map
 from xharmonise.plot.figures import filters, loss_curves, metric_bars, scatter_density
-from xharmonise.plot.htmlreport import report
+from xharmonise.plot.htmlreport import report, report_destination
 
 __all__ = [
     "filters",
     "loss_curves",
     "metric_bars",
     "report",
+    "report_destination",
     "rgb_crop",
     "scatter_density",
     "variance_map",

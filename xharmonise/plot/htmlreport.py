@@ -17,7 +17,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from xharmonise.errors import InputValueError
+from xharmonise.checks import type_name
+from xharmonise.errors import InputTypeError, InputValueError
 from xharmonise.models.registry import method
 from xharmonise.plot.crops import Crop, compute_crop, draw_rgb, draw_variance
 from xharmonise.plot.figures import (
@@ -224,6 +225,32 @@ def _figure_html(item: tuple[str, str, bytes], native: bool = False) -> str:
     )
 
 
+def report_destination(path: Any) -> Path:
+    """The report's path, refused before any work when a report cannot be written there.
+
+    Examples
+    --------
+    >>> report_destination("/etc/hostname/report.html")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: cannot write /etc/hostname/report.html: ...
+    """
+    if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
+        raise InputTypeError(
+            f"path={path!r} is a {type_name(path)}: give the report's file path as a str or "
+            "pathlib.Path, e.g. 'report.html'"
+        )
+    out = Path(path)
+    if out.is_dir() or not out.name:
+        raise InputValueError(f"{out} is a folder: give a file path, e.g. {out / 'report.html'}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputValueError(
+            f"cannot write {out}: {blocking} is a file, not a folder: choose another path"
+        )
+    return out
+
+
 def report(
     model: Harmoniser,
     path: str | os.PathLike,
@@ -296,7 +323,7 @@ def report(
     >>> sorted(p.stem for p in out.with_name("report_files").iterdir())
     ['metrics', 'rgb_crop', 'scatter_B2', 'scatter_B3', 'scatter_B4', 'scatter_B8']
     """
-    path = Path(path)
+    path = report_destination(path)
     if prediction is not None and src is None:
         raise InputValueError(
             "prediction= was given without src=: pass the source image it was computed "
