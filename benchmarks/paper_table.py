@@ -159,29 +159,22 @@ def _quality(pair: SimulatedPair, method: str, seed: int) -> dict[str, Any]:
     ):
         # fit's own stages, with the budget under test in place of the default.
         t0 = time.perf_counter()
-        paired = stages.reflectance_pair(pair.src, pair.ref)
-        prepared = stages.prepare_pair(
-            paired, mask=None, coregister=False, measure=spec.measures_shift, seed=seed
-        )
-        data = stages.build_training_data(
-            prepared, spec, patch_size=32, test_fraction=0.1, max_patches=None, seed=seed
-        )
-        linear = stages.fit_baseline(data)
-        trained = stages.train_network(
-            prepared,
-            data,
+        model = stages.run(
+            stages.reflectance_pair(pair.src, pair.ref),
             spec,
-            linear,
+            mask=None,
+            coregister=False,
             variance=False,
+            patch_size=32,
+            test_fraction=0.1,
+            max_patches=None,
+            seed=seed,
             iterations=None,
             batch_size=None,
-            seed=seed,
             device="cpu",
             progress=False,
             budget=budget,
         )
-        evaluation = stages.evaluate(data, linear, trained, paired.ref_bands, seed=seed)
-        model = stages.assemble(prepared, data, spec, linear, trained, evaluation, variance=False)
         seconds = time.perf_counter() - t0
         out[tag] = {
             "budget": asdict(budget),

@@ -82,10 +82,13 @@ def main() -> None:
         offset=(None, -0.1),
     )
     with dask.config.set(scheduler="threads"):
-        pair = stages.prepare_pair(paired, mask=cloud, coregister=False, measure=False, seed=0)
+        spec = method(args.method)
+        pair = stages.prepare_pair(
+            paired, mask=cloud, coregister=False, measure=spec.measures_shift, seed=0
+        )
         data = stages.build_training_data(
             pair,
-            method(args.method),
+            spec,
             patch_size=32,
             test_fraction=0.1,
             max_patches=args.max_patches,

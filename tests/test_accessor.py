@@ -2,6 +2,8 @@
 
 import importlib.metadata
 import inspect
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,5 +114,10 @@ def test_estimate_shift_through_the_accessor_equals_the_free_function():
     assert len(via.windows) == len(free.windows) <= 20
 
 
-def test_version_is_the_installed_distributions():
-    assert xharmonise.__version__ == importlib.metadata.version("xharmonise")
+def test_version_is_the_projects_and_goes_into_every_model():
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert xharmonise.__version__ == declared == importlib.metadata.version("xharmonise")
+    pair = simulate_pair((200, 200), seed=0)
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
+    assert model.fit_report.versions["xharmonise"] == declared

@@ -240,39 +240,21 @@ def fit(
         coregister=coregister,
     )
     mask = arguments.mask(mask)
-    spec = method_spec(method)
-    pair = stages.prepare_pair(
+    return stages.run(
         stages.reflectance_pair(src, ref, scale=scale, offset=offset, bands=bands),
+        method_spec(method),
         mask=mask,
         coregister=coregister,
-        measure=spec.measures_shift,
-        seed=seed,
-    )
-    data = stages.build_training_data(
-        pair,
-        spec,
+        variance=variance,
         patch_size=patch_size,
         test_fraction=test_fraction,
         max_patches=max_patches,
         seed=seed,
+        iterations=iterations,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
     )
-    linear = stages.fit_baseline(data)
-    trained = None
-    if spec.neural:
-        trained = stages.train_network(
-            pair,
-            data,
-            spec,
-            linear,
-            variance=variance,
-            iterations=iterations,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
-    evaluation = stages.evaluate(data, linear, trained, pair.paired.ref_bands, seed=seed)
-    return stages.assemble(pair, data, spec, linear, trained, evaluation, variance=variance)
 
 
 def predict(

@@ -219,6 +219,11 @@ def _echo(*args: Any) -> None:
     print(*args, flush=True)
 
 
+def _method_help(default: str) -> str:
+    listed = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+    return f"{listed} (default {default})"
+
+
 # --------------------------------------------------------------------------- commands
 def _cmd_fit(args: argparse.Namespace) -> int:
     # Before minutes of sampling and training: a model that cannot be written is refused now.
@@ -408,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", help="high-resolution source raster (e.g. Pleiades, 2 m)")
     p.add_argument("ref", help="reference raster (e.g. Sentinel-2 L2A, 10 m)")
-    p.add_argument("--method", choices=list(METHODS), default="calibnet", help="default calibnet")
+    p.add_argument(
+        "--method", choices=list(METHODS), default="calibnet", help=_method_help("calibnet")
+    )
     p.add_argument("--variance", action="store_true", help="add the variance head")
     p.add_argument(
         "--coregister",
@@ -507,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size", type=_positive, default=2000, metavar="PX", help="simulated source side"
     )
-    p.add_argument("--method", choices=list(METHODS), default="bcnet", help="default bcnet")
+    p.add_argument("--method", choices=list(METHODS), default="bcnet", help=_method_help("bcnet"))
     p.add_argument(
         "--variance",
         action=argparse.BooleanOptionalAction,

@@ -148,17 +148,11 @@ def shift_estimates(model: Harmoniser) -> dict[str, tuple[float, float]]:
     Empty when the model has none (only learned filters and a fit-time phase
     correlation give one).
     """
-    try:
-        shift = model.shift
-    except AttributeError:
-        return {}
-    if "estimate" not in shift.dims:  # models with the filter estimate only
-        shift = shift.expand_dims(estimate=["filter"])
-    mean = shift.mean("band")
+    # plot draws them per band; the command line says their band means. Imported here so
+    # that the CLI starts without matplotlib.
+    from xharmonise.plot.figures import shift_estimates as per_band
+
     return {
-        str(e): (
-            float(mean.sel(estimate=e, axis="east")),
-            float(mean.sel(estimate=e, axis="north")),
-        )
-        for e in mean["estimate"].values
+        name: (float(values[:, 0].mean()), float(values[:, 1].mean()))
+        for name, values in per_band(model).items()
     }

@@ -6,10 +6,12 @@ patches gathered once) -> ``fit_baseline`` (the linear baseline every fit report
 ``train_network`` (neural methods) -> ``evaluate`` (metrics and scatter samples on the
 held-out patches) -> ``assemble`` (the :class:`~xharmonise.Harmoniser`).
 
-Everything before ``build_training_data`` is lazy; it reads the reductions and the
-patches (and nothing else) into memory. The benchmarks and the demo call these stages
-rather than re-writing their lines; what a method needs at each stage is asked of the
-registry (:mod:`xharmonise.models.registry`).
+``run`` chains them as :func:`xharmonise.fit` does. Before ``build_training_data``
+nothing is read but the windows a shift measurement correlates (``coregister=True``, and
+every fit of a method that measures its shift); ``build_training_data`` reads the
+reductions and the patches (and nothing else) into memory. The benchmarks call these
+stages rather than re-writing their lines; what a method needs at each stage is asked of
+the registry (:mod:`xharmonise.models.registry`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "measure_shift",
     "prepare_pair",
     "reflectance_pair",
+    "run",
     "train_network",
 ]
 
@@ -235,9 +238,10 @@ class PreparedPair:
     grid : PairGrid
         The training grid (after the correction).
     aligned : xarray.DataArray
-        The source resampled onto the reference's phase, cropped to the overlap (lazy).
+        The source resampled onto the reference's phase, cropped to the overlap (lazy
+        when the inputs are).
     ref : xarray.DataArray
-        The reference cropped to the overlap (lazy).
+        The reference cropped to the overlap (lazy when the inputs are).
     mask : xarray.DataArray or None
         The cloud mask cropped like ``ref``.
     sigmas : tuple of float
@@ -348,7 +352,7 @@ def build_training_data(
     seed: int,
 ) -> TrainingData:
     """Reduce the pair to the reference resolution, index and split its patches, and
-    gather them (the only stage that reads pixels)."""
+    gather them: the stage that reads the pixels the fit learns from."""
     g, sigmas = pair.grid, list(pair.sigmas)
     n_bands = len(pair.paired.ref_bands)
     margin = spec.filter_margin(sigmas, g.factor)
@@ -610,3 +614,53 @@ def assemble(
         versions=package_versions(),
     )
     return Harmoniser(mapping=mapping, fit_report=report)
+
+
+def run(
+    paired: PairedReflectance,
+    spec: Method,
+    *,
+    mask: xr.DataArray | None,
+    coregister: bool | ShiftEstimate,
+    variance: bool,
+    patch_size: int,
+    test_fraction: float,
+    max_patches: int | None,
+    seed: int,
+    iterations: int | None,
+    batch_size: int | None,
+    device: str,
+    progress: bool,
+    budget: TrainingConfig | None = None,
+) -> Harmoniser:
+    """Every stage after :func:`reflectance_pair`, as :func:`xharmonise.fit` runs them
+    (``budget`` as for :func:`train_network`)."""
+    pair = prepare_pair(
+        paired, mask=mask, coregister=coregister, measure=spec.measures_shift, seed=seed
+    )
+    data = build_training_data(
+        pair,
+        spec,
+        patch_size=patch_size,
+        test_fraction=test_fraction,
+        max_patches=max_patches,
+        seed=seed,
+    )
+    linear = fit_baseline(data)
+    trained = None
+    if spec.neural:
+        trained = train_network(
+            pair,
+            data,
+            spec,
+            linear,
+            variance=variance,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            progress=progress,
+            budget=budget,
+        )
+    evaluation = evaluate(data, linear, trained, paired.ref_bands, seed=seed)
+    return assemble(pair, data, spec, linear, trained, evaluation, variance=variance)

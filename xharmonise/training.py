@@ -381,6 +381,13 @@ def _cosine_factor(step: int, total: int, final_fraction: float) -> float:
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _trains_on(net: nn.Module) -> str:
+    # A network of the registry trains on what its method declares; any other module
+    # (a user's own) on whole reference-resolution patches, as before the registry.
+    name = getattr(net, "method", None)
+    return METHODS[name].trains_on if name in METHODS else "patches"
+
+
 def _check_data(net: nn.Module, data: PatchSet, name: str) -> None:
     n_bands = getattr(net, "n_bands", data.n_bands)
     if data.n_bands != n_bands:
@@ -388,7 +395,7 @@ def _check_data(net: nn.Module, data: PatchSet, name: str) -> None:
     if len(data) == 0:
         raise ValueError(f"{name} set is empty")
     h, w = data.ref.shape[2:]
-    if method_spec(getattr(net, "method", None)).trains_on == "full_patches":
+    if _trains_on(net) == "full_patches":
         factor, margin = net.factor, net.margin
         # BCNet keeps both as int; torch types module attributes as tensors or modules.
         assert isinstance(factor, int) and isinstance(margin, int)
@@ -445,7 +452,7 @@ def _batches(
     dev: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     src, ref = _as_tensor(data.src), _as_tensor(data.ref)
-    if method_spec(getattr(net, "method", None)).trains_on == "pixels":
+    if _trains_on(net) == "pixels":
         c = data.n_bands
         # Pixelwise models (CalibNet): pool every pixel of every patch and reshuffle them.
         src = src.permute(0, 2, 3, 1).reshape(-1, c)

@@ -87,7 +87,9 @@ class Method:
         return budget
 
     def filter_margin(self, sigmas: Sequence[float], factor: int) -> int:
-        """Source pixels the input filter reads beyond a reference pixel's footprint.
+        """Source pixels read around a reference pixel's footprint by the method's training:
+        the reference MTF kernel's ±3σ support, plus the filter's reach (``filter_extra``)
+        for a method with a filter; what full-resolution patches are cut with.
 
         Examples
         --------

@@ -489,10 +489,7 @@ def shift_estimates(model: Harmoniser) -> dict[str, np.ndarray]:
         s = model.shift
     except AttributeError:
         return {}
-    if "estimate" in s.dims:
-        return {
-            str(e): np.asarray(s.sel(estimate=e).transpose("band", "axis").values, dtype=float)
-            for e in s["estimate"].values
-        }
-    # Older layout (band, axis): the BCNet filter centroids only.
-    return {"filter": np.asarray(s.transpose("band", "axis").values, dtype=float)}
+    return {
+        str(e): np.asarray(s.sel(estimate=e).transpose("band", "axis").values, dtype=float)
+        for e in s["estimate"].values
+    }
