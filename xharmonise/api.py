@@ -166,7 +166,8 @@ def fit(
     method : {"linear", "calibnet", "convcalibnet", "bcnet"}
         The mapping to learn.
     variance : bool
-        Add a variance head trained with a Gaussian NLL (robust to unmasked clouds).
+        Add a variance head trained with a Gaussian NLL (robust to unmasked clouds); the
+        neural methods only (``linear`` has none and refuses it).
     mask : xarray.DataArray, optional
         Cloud mask on the reference grid (y, x), True or 1 = cloud.
     bands : mapping or sequence, optional
