@@ -457,7 +457,7 @@ def _shift_kwargs() -> st.SearchStrategy[dict[str, Any]]:
 
 
 _PREDICT_OPTIONS = {
-    "variance": _valid_or([True, False], ["no", None, 2]),
+    "with_variance": _valid_or([True, False], ["no", None, 2]),
     "scale": _valid_or([None, 1e-4, 1.0], [0, -1.0, _NAN, "x", (1e-4, 1e-4)]),
     "offset": _valid_or([None, 0.0], [_NAN, "x", (0.0,)]),
 }
@@ -858,6 +858,8 @@ def _model_file(kind: str, key: str, value: Any, cut: int) -> Any:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(meta_text)
         text = meta_text
+        # Format 2 nests the fields under "mapping" and "fit_report": damage them there.
+        holder = next((meta[p] for p in ("mapping", "fit_report") if key in meta[p]), meta)
         if kind == "no_metadata":
             save_file(tensors, path)
             return path
@@ -868,19 +870,19 @@ def _model_file(kind: str, key: str, value: Any, cut: int) -> Any:
         elif kind == "drop_key":
             if key == "linear":
                 tensors.pop("linear")
-            meta.pop(key, None)
+            holder.pop(key, None)
             text = json.dumps(meta)
         elif kind == "wrong_type":
             if key == "linear":
                 tensors["linear"] = np.zeros((2,), np.float64)
             else:
-                meta[key] = value
+                holder[key] = value
             text = json.dumps(meta)
         elif kind == "bad_net_config":
-            meta["net_config"] = {"method": "calibnet", "n_bands": value}
+            meta["mapping"]["net_config"] = {"method": "calibnet", "n_bands": value}
             text = json.dumps(meta)
         elif kind == "bad_weights":
-            meta["net_config"] = {"method": "calibnet", "n_bands": 4}
+            meta["mapping"]["net_config"] = {"method": "calibnet", "n_bands": 4}
             text = json.dumps(meta)
         save_file(tensors, path, metadata={"xharmonise": text})
     return path
