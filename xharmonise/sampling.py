@@ -337,6 +337,11 @@ def split_patches(
     return cells[n_test:], cells[:n_test]
 
 
+# Full-resolution windows read per batch in gather: enough to share each source chunk's
+# decoding among neighbouring patches, few enough to bound the memory of a batch.
+_GATHER_BATCH = 128
+
+
 @dataclass
 class Patches:
     """Gathered patches: reference, degraded source and (optionally) full-resolution source.
@@ -415,18 +420,22 @@ def gather(
         if margin > index.ring * factor:
             raise ValueError(f"margin {margin} exceeds the validated ring of {index.ring}")
         size = p * factor + 2 * margin
-        windows = [
-            src.data[
-                :,
-                r * factor - margin : r * factor - margin + size,
-                c * factor - margin : c * factor - margin + size,
+        full = np.empty((len(cells), src.sizes["band"], size, size), np.float32)
+        # Windows are read in batches of neighbouring patches straight into one array:
+        # computing all of them at once held the computed list, its stack and its cast
+        # (three times the largest array a fit keeps, 2.2-2.5 GB at 8000 x 8000), and
+        # neighbours share the source chunks each batch decodes.
+        order = np.lexsort((c0, r0))
+        for start in range(0, len(order), _GATHER_BATCH):
+            batch = order[start : start + _GATHER_BATCH]
+            windows = [
+                src.data[
+                    :,
+                    r0[i] * factor - margin : r0[i] * factor - margin + size,
+                    c0[i] * factor - margin : c0[i] * factor - margin + size,
+                ]
+                for i in batch
             ]
-            for r, c in zip(r0, c0, strict=True)
-        ]
-        computed = dask.compute(*windows) if windows else []
-        full = (
-            np.stack(computed).astype(np.float32)
-            if windows
-            else np.empty((0, src.sizes["band"], size, size), np.float32)
-        )
+            for i, window in zip(batch, dask.compute(*windows), strict=True):
+                full[i] = window
     return Patches(src=cut(coarse.src), ref=cut(coarse.ref), src_full=full)
