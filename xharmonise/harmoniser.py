@@ -687,18 +687,29 @@ def _encode(model: Harmoniser) -> bytes:
     return to_bytes(tensors, metadata={"xharmonise": json.dumps(meta)})
 
 
-def _check_local_destination(path: Path) -> None:
-    if path.is_dir():
+def _destination(
+    path: Any, storage_options: dict[str, Any] | None
+) -> tuple[fsspec.AbstractFileSystem | None, Path | str]:
+    """:func:`_location` of a model file to write, refused when it cannot be one."""
+    fs, where = _location(path, storage_options)
+    if fs is None:
+        assert isinstance(where, Path)
+        if where.is_dir():
+            raise ModelFileError(
+                f"{where} is a folder: give a file path, e.g. {where / 'model.safetensors'}"
+            )
+        folder = where.parent
+        if not folder.is_dir():
+            raise ModelFileError(
+                f"cannot write {where}: the folder {folder} "
+                f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
+                "first or choose another path"
+            )
+    elif fs.isdir(where):
         raise ModelFileError(
-            f"{path} is a folder: give a file path, e.g. {path / 'model.safetensors'}"
+            f"{path} is a folder: give a file URL, e.g. {str(path).rstrip('/')}/model.safetensors"
         )
-    folder = path.parent
-    if not folder.is_dir():
-        raise ModelFileError(
-            f"cannot write {path}: the folder {folder} "
-            f"{'is a file' if folder.exists() else 'does not exist'}: create the folder "
-            "first or choose another path"
-        )
+    return fs, where
 
 
 def check_destination(path: Any, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -718,19 +729,11 @@ def check_destination(path: Any, *, storage_options: dict[str, Any] | None = Non
         ...
     xharmonise.errors.ModelFileError: cannot write /no/such/folder/model.safetensors: ...
     """
-    fs, where = _location(path, storage_options)
-    if fs is None:
-        assert isinstance(where, Path)
-        _check_local_destination(where)
-    elif fs.isdir(where):
-        raise ModelFileError(
-            f"{path} is a folder: give a file URL, e.g. {str(path).rstrip('/')}/model.safetensors"
-        )
+    _destination(path, storage_options)
 
 
 def _write_local(path: Path, data: bytes) -> None:
     """Write next to ``path`` and rename into place: a crash never leaves half a model."""
-    _check_local_destination(path)
     folder = path.parent
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
@@ -802,8 +805,7 @@ def save(
         raise InputTypeError(
             f"model is a {type_name(model)}: give a Harmoniser (from xharmonise.fit or load)"
         )
-    check_destination(path, storage_options=storage_options)
-    fs, where = _location(path, storage_options)
+    fs, where = _destination(path, storage_options)
     data = _encode(model)
     if fs is None:
         assert isinstance(where, Path)
