@@ -10,6 +10,14 @@ overridden by the matching ``train`` argument.
 
 The budgets and the measurement behind the CPU ones are in
 :mod:`xharmonise.models.budget`; each method declares its own in the registry.
+
+On CUDA the training and validation patches are copied to the device once, batches are
+drawn there by a CUDA generator seeded with ``seed`` (reproducible on one device and
+PyTorch version; a different order from the CPU's), and the running loss is summed there:
+a step neither copies from the host nor waits for the GPU, and only an evaluation reads a
+number back. Float32 matrix products and convolutions run in full IEEE float32 unless the caller
+allows TF32 with :func:`allow_tf32` (its effect on the metrics has to be measured on the
+GPU first: ``benchmarks/gpu.py``). The CPU path is unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import copy
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +47,7 @@ __all__ = [
     "PatchSet",
     "TrainResult",
     "TrainingConfig",
+    "allow_tf32",
     "default_budget",
     "resolve_device",
     "train",
@@ -45,6 +56,9 @@ __all__ = [
 # Validation is run in chunks of about this many reference pixels: large enough to be
 # efficient, small enough to bound memory for BCNet's full-resolution patches.
 _EVAL_PIXELS: int = 65536
+
+# Whether CUDA training may use TF32 (see allow_tf32): off unless a caller opts in.
+_TF32: ContextVar[bool] = ContextVar("xharmonise_training_tf32", default=False)
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,33 @@ def default_budget(device: str | torch.device, method: str) -> TrainingConfig:
     # Only "auto" needs resolving: asking for the CUDA budget must work without a GPU.
     dev = resolve_device(device) if device == "auto" else torch.device(device)
     return method_spec(method).budget(dev.type)
+
+
+@contextmanager
+def allow_tf32(enabled: bool = True) -> Iterator[None]:
+    """Let :func:`train` use TF32 for CUDA float32 matrix products and convolutions.
+
+    By default ``train`` runs its CUDA float32 work in full IEEE float32 (PyTorch's own
+    default lets cuDNN convolutions use TF32). TF32 keeps float32's range with a 10-bit
+    mantissa and is several times faster on the tensor cores; whether the fitted
+    models' metrics stay within tolerance of float32 is a measurement
+    (``benchmarks/gpu.py``), so it is opt-in. The CPU ignores it.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+        Allow TF32 inside the block (False forces full float32 again).
+
+    Examples
+    --------
+    >>> with allow_tf32():
+    ...     pass  # train(net, data, val, device="cuda") here may use TF32
+    """
+    token = _TF32.set(enabled)
+    try:
+        yield
+    finally:
+        _TF32.reset(token)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -277,14 +318,15 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: _cosine_factor(step, cfg.iterations, cfg.final_lr_fraction)
     )
-    batches = _batches(net, train, cfg, np.random.default_rng(seed), dev)
-    val_src, val_ref = _as_tensor(val.src), _as_tensor(val.ref)
+    batches = _batches(net, train, cfg, seed, dev)
+    val_src, val_ref = _on_device(val.src, dev), _on_device(val.ref, dev)
 
     history: dict[str, Any] = {"iteration": [], "train_loss": [], "val_loss": [], "lr": []}
     best_loss, best_iteration, best_state = math.inf, 0, None
     plateau_ref, stale = math.inf, 0
-    running, n_running, step, stopped_early = 0.0, 0, 0, False
+    running, step, stopped_early = _RunningLoss(dev), 0, False
 
+    restore_precision = _set_cuda_float32(dev, tf32=_TF32.get())
     bar = tqdm(total=cfg.iterations, desc=f"train {method}", unit="it", disable=not progress)
     try:
         net.train()
@@ -296,8 +338,7 @@ def train(
             loss.backward()
             optimiser.step()
             scheduler.step()
-            running += float(loss.detach())
-            n_running += 1
+            running.add(loss)
             bar.update(1)
 
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
@@ -306,10 +347,9 @@ def train(
             val_loss = _evaluate(net, val_src, val_ref, loss_fn, dev)
             net.train()
             history["iteration"].append(step)
-            history["train_loss"].append(running / n_running)
+            history["train_loss"].append(running.take_mean())
             history["val_loss"].append(val_loss)
             history["lr"].append(optimiser.param_groups[0]["lr"])
-            running, n_running = 0.0, 0
             bar.set_postfix(train=history["train_loss"][-1], val=val_loss)
             if val_loss < best_loss:
                 best_loss, best_iteration = val_loss, step
@@ -326,6 +366,7 @@ def train(
                 break
     finally:
         bar.close()
+        restore_precision()
 
     if best_state is not None:
         net.load_state_dict(best_state)
@@ -423,10 +464,80 @@ def _as_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    if dev.type == "cuda":
-        return t.pin_memory().to(dev, non_blocking=True)
-    return t
+def _on_device(arr: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """The array as a float32 tensor on ``dev``: shared with the caller on the CPU, copied
+    once per fit on CUDA (never per step)."""
+    t = _as_tensor(arr)
+    # A plain copy: pinning a host buffer only pays for transfers that repeat (it costs a
+    # page-locked allocation and a host copy as large as the data itself), and training
+    # has no repeated transfer left.
+    return t.to(dev) if dev.type == "cuda" else t
+
+
+def _set_cuda_float32(dev: torch.device, *, tf32: bool) -> Any:
+    """Set CUDA's float32 matmul and cuDNN convolution precision for a fit; returns the
+    function that restores the caller's settings. No-op off CUDA.
+
+    These settings are process-wide (PyTorch has no per-thread form), so a fit running
+    beside other CUDA work in the same process changes that work's precision too.
+    """
+    if dev.type != "cuda":
+        return lambda: None
+    want = "tf32" if tf32 else "ieee"
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None:
+        # PyTorch >= 2.9: the per-backend API; mixing it with allow_tf32 raises.
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision, conv.fp32_precision = want, want
+
+        def restore() -> None:
+            matmul.fp32_precision, conv.fp32_precision = saved
+
+        return restore
+    saved_legacy = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+    def restore_legacy() -> None:
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_legacy
+
+    return restore_legacy
+
+
+class _RunningLoss:
+    """Sum of the step losses since the last evaluation, as a float64 sum.
+
+    On the CPU a step's loss is read as a Python float (as it always was); on CUDA it is
+    added to a float64 tensor on the device, so no step waits for the GPU, and the one
+    read-back happens at the evaluation. Both add the same float32 values in float64.
+    """
+
+    def __init__(self, dev: torch.device) -> None:
+        self._device = dev if dev.type == "cuda" else None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = 0
+        self._host = 0.0
+        self._dev = (
+            torch.zeros((), dtype=torch.float64, device=self._device)
+            if self._device is not None
+            else None
+        )
+
+    def add(self, loss: torch.Tensor) -> None:
+        if self._dev is not None:
+            self._dev.add_(loss.detach())
+        else:
+            self._host += float(loss.detach())
+        self.count += 1
+
+    def take_mean(self) -> float:
+        """The mean since the last call (NaN when no step ran), and start again."""
+        total = float(self._dev) if self._dev is not None else self._host
+        mean = total / self.count if self.count else math.nan
+        self._reset()
+        return mean
 
 
 def _epoch_indices(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -444,14 +555,32 @@ def _epoch_indices(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.
             yield np.concatenate([head, perm[:pos]])
 
 
+def _device_epoch_indices(
+    n: int, batch: int, generator: torch.Generator, dev: torch.device
+) -> Iterator[torch.Tensor]:
+    # _epoch_indices' shuffled epochs, drawn on the device: no index crosses from the
+    # host. The order differs from the CPU's (another generator), not the sampling.
+    batch = min(batch, n)
+    perm, pos = torch.randperm(n, generator=generator, device=dev), 0
+    while True:
+        if pos + batch <= n:
+            yield perm[pos : pos + batch]
+            pos += batch
+        else:
+            head = perm[pos:]
+            perm = torch.randperm(n, generator=generator, device=dev)
+            pos = batch - head.numel()
+            yield torch.cat([head, perm[:pos]])
+
+
 def _batches(
     net: nn.Module,
     data: PatchSet,
     cfg: TrainingConfig,
-    rng: np.random.Generator,
+    seed: int,
     dev: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    src, ref = _as_tensor(data.src), _as_tensor(data.ref)
+    src, ref = _on_device(data.src, dev), _on_device(data.ref, dev)
     if _trains_on(net) == "pixels":
         c = data.n_bands
         # Pixelwise models (CalibNet): pool every pixel of every patch and reshuffle them.
@@ -460,9 +589,15 @@ def _batches(
         size = int(cfg.pixels_per_step or 1)
     else:
         size = cfg.batch_size
-    for idx in _epoch_indices(src.shape[0], size, rng):
+    if dev.type == "cuda":
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(seed)
+        for index in _device_epoch_indices(src.shape[0], size, generator, dev):
+            yield src[index], ref[index]
+        return
+    for idx in _epoch_indices(src.shape[0], size, np.random.default_rng(seed)):
         index = torch.from_numpy(idx)
-        yield _to_device(src[index], dev), _to_device(ref[index], dev)
+        yield src[index], ref[index]
 
 
 def _evaluate(
@@ -472,15 +607,18 @@ def _evaluate(
     loss_fn: Any,
     dev: torch.device,
 ) -> float:
+    # src and ref are already on dev (_on_device). The weighted chunk losses are summed in
+    # float64 where they are computed, and read back once: one sync per evaluation on CUDA,
+    # and on the CPU the same arithmetic as summing Python floats.
     net.eval()
     chunk = max(1, _EVAL_PIXELS // int(np.prod(ref.shape[2:])))
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    count = 0
     with torch.no_grad():
         for i in range(0, src.shape[0], chunk):
-            x = _to_device(src[i : i + chunk], dev)
-            y = _to_device(ref[i : i + chunk], dev)
+            x, y = src[i : i + chunk], ref[i : i + chunk]
             pred, var = net(x)
             # Both losses are element means: weight chunk means by their element count.
-            total += float(loss_fn(pred, var, y)) * y.numel()
+            total += loss_fn(pred, var, y).double() * y.numel()
             count += y.numel()
-    return total / count
+    return float(total) / count
