@@ -29,8 +29,10 @@ __all__ = ["PixelKernel", "map_pixels"]
 # 2-core AVX-512 VM): 1024-2048 beat 4096-16384 by 10-25 %, as a tile's two 320-wide
 # hidden activations (2.6 MB each at 2048) then stay in L2/L3 between the layers.
 _TILE = 2048
-# On a GPU, bigger tiles amortise the host <-> device copies and kernel launches.
-_GPU_TILE = 65536
+# On a GPU, bigger tiles amortise the host <-> device copies and kernel launches: 2^18
+# pixels hold two 320-wide activations of 336 MB each per Dask thread. Not yet measured
+# against 2^16 and 2^20 on a GPU: benchmarks/gpu.py records that sweep (docs/gpu.md).
+_GPU_TILE = 262144
 
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.RLock()  # re-entrant: the kernel builds the network
@@ -69,6 +71,12 @@ class PixelKernel:
 
     Notes
     -----
+    On CUDA each calling thread (a Dask worker thread) gets a CUDA stream of its own,
+    so concurrent blocks overlap their copies and matmuls, and tiles cross between the
+    host and the device through page-locked (pinned) staging buffers. The weights are
+    copied to the device once, when the kernel is built. No TF32: the matmuls run at
+    the process's float32 matmul precision, IEEE float32 unless the caller changed it.
+
     Eval-mode BatchNorm is an affine map per band, ``x * s + t`` with
     ``s = gamma / sqrt(var + eps)`` and ``t = beta - mean * s``, so the first Linear layer
     absorbs it: ``W1' = W1 * s`` (per input column) and ``b1' = b1 + W1 @ t``. The
@@ -125,8 +133,79 @@ class PixelKernel:
             self.b2 = _prep(net.fc2.bias)
             self.wh = _prep(wh.T)
             self.bh = _prep(bh)
+        if self.device.type == "cuda":
+            # The weights were made on the default stream; the per-thread streams must
+            # never read them half-copied.
+            torch.cuda.synchronize(self.device)
         self.slope = float(net.act.negative_slope)
         self.hidden = int(self.w2.shape[0])
+        self._local = threading.local()  # per-thread CUDA stream
+
+    def forward(self, x: Any) -> Any:
+        """Apply the network to a tensor already on the kernel's device, in one pass.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            float32 (P, C) on ``self.device``, all finite.
+
+        Returns
+        -------
+        torch.Tensor
+            (P, 2C) (or (P, C) without a variance head) on ``self.device``: the prediction
+            then the variance, as the columns of ``__call__``'s ``out``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from xharmonise.models import build_model
+        >>> kernel = PixelKernel(build_model("calibnet", 4, variance=True, seed=0).eval())
+        >>> kernel.forward(torch.rand(10, 4, device=kernel.device)).shape
+        torch.Size([10, 8])
+        """
+        import torch
+
+        p = x.shape[0]
+        a1 = torch.empty((p, self.hidden), device=self.device)
+        a2 = torch.empty((p, self.hidden), device=self.device)
+        z = torch.empty((p, self.bh.shape[0]), device=self.device)
+        with torch.inference_mode():
+            self._layers(x, a1, a2, z, z)
+        return z
+
+    def _layers(self, x: Any, a1: Any, a2: Any, zz: Any, target: Any) -> None:
+        # The three layers on one tile, with scratch a1, a2, zz; the prediction and the
+        # variance go to ``target`` (zz itself, or the caller's output rows on the CPU).
+        import torch
+        from torch.nn import functional
+
+        from xharmonise.models.variance import VARIANCE_EPS
+
+        c = self.n_bands
+        torch.addmm(self.b1, x, self.w1, out=a1)
+        functional.leaky_relu_(a1, self.slope)
+        torch.addmm(self.b2, a1, self.w2, out=a2)
+        functional.leaky_relu_(a2, self.slope)
+        torch.addmm(self.bh, a2, self.wh, out=zz)
+        pred = target[:, :c]
+        torch.tanh(zz[:, :c], out=pred)
+        pred.add_(x)
+        if self.variance:
+            # positive_variance's (ELU(z) + 1) + eps, in that order.
+            zv = zz[:, c:]
+            functional.elu_(zv)
+            v = target[:, c:]
+            torch.add(zv, 1.0, out=v)
+            v.add_(VARIANCE_EPS)
+
+    def _stream(self) -> Any:
+        import torch
+
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = torch.cuda.Stream(device=self.device)
+            self._local.stream = stream
+        return stream
 
     def __call__(
         self, pixels: np.ndarray, out: np.ndarray | None = None
@@ -148,9 +227,6 @@ class PixelKernel:
             (P, C) view, σ² > 0; None without a variance head.
         """
         import torch
-        from torch.nn import functional
-
-        from xharmonise.models.variance import VARIANCE_EPS
 
         c = self.n_bands
         n_head = self.bh.shape[0]
@@ -159,7 +235,9 @@ class PixelKernel:
             out = np.empty((p, n_head), np.float32)
         x_all = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
         out_t = torch.from_numpy(out)
-        cpu = self.device.type == "cpu"
+        if self.device.type == "cuda":
+            self._call_cuda(x_all, out_t)
+            return out[:, :c], (out[:, c:] if self.variance else None)
         size = min(self.tile, max(p, 1))
         # Scratch buffers reused by every tile of the call: no allocation per tile.
         h1 = torch.empty((size, self.hidden), device=self.device)
@@ -169,29 +247,38 @@ class PixelKernel:
             for start in range(0, p, self.tile):
                 stop = min(start + self.tile, p)
                 m = stop - start
-                x = x_all[start:stop]
-                if not cpu:
-                    x = x.to(self.device, non_blocking=True)
-                a1, a2, zz = h1[:m], h2[:m], z[:m]
-                torch.addmm(self.b1, x, self.w1, out=a1)
-                functional.leaky_relu_(a1, self.slope)
-                torch.addmm(self.b2, a1, self.w2, out=a2)
-                functional.leaky_relu_(a2, self.slope)
-                torch.addmm(self.bh, a2, self.wh, out=zz)
-                target = out_t[start:stop] if cpu else zz
-                pred = target[:, :c]
-                torch.tanh(zz[:, :c], out=pred)
-                pred.add_(x)
-                if self.variance:
-                    # positive_variance's (ELU(z) + 1) + eps, in that order.
-                    zv = zz[:, c:]
-                    functional.elu_(zv)
-                    v = target[:, c:]
-                    torch.add(zv, 1.0, out=v)
-                    v.add_(VARIANCE_EPS)
-                if not cpu:
-                    out_t[start:stop].copy_(zz)
+                self._layers(x_all[start:stop], h1[:m], h2[:m], z[:m], out_t[start:stop])
         return out[:, :c], (out[:, c:] if self.variance else None)
+
+    def _call_cuda(self, x_all: Any, out_t: Any) -> None:
+        # Tile by tile on this thread's stream: host rows -> pinned buffer -> device,
+        # the layers, device -> pinned buffer -> host rows. The stream is synchronised
+        # once per tile, before the pinned buffers are read or refilled; other threads'
+        # streams keep the GPU busy meanwhile.
+        import torch
+
+        p, c = x_all.shape
+        n_head = out_t.shape[1]
+        size = min(self.tile, max(p, 1))
+        stream = self._stream()
+        with torch.cuda.stream(stream), torch.inference_mode():
+            # Pinned buffers come from PyTorch's caching host allocator: allocated once,
+            # then reused by later calls.
+            x_host = torch.empty((size, c), dtype=torch.float32, pin_memory=True)
+            z_host = torch.empty((size, n_head), dtype=torch.float32, pin_memory=True)
+            x = torch.empty((size, c), device=self.device)
+            h1 = torch.empty((size, self.hidden), device=self.device)
+            h2 = torch.empty((size, self.hidden), device=self.device)
+            z = torch.empty((size, n_head), device=self.device)
+            for start in range(0, p, self.tile):
+                stop = min(start + self.tile, p)
+                m = stop - start
+                x_host[:m].copy_(x_all[start:stop])
+                x[:m].copy_(x_host[:m], non_blocking=True)
+                self._layers(x[:m], h1[:m], h2[:m], z[:m], z[:m])
+                z_host[:m].copy_(z[:m], non_blocking=True)
+                stream.synchronize()
+                out_t[start:stop].copy_(z_host[:m])
 
 
 def _kernel(spec: dict[str, Any]) -> PixelKernel:
