@@ -41,9 +41,11 @@ import torch
 import xarray as xr
 
 import xharmonise
-from xharmonise.harmoniser import Harmoniser
+from xharmonise.grid import pair_grid
+from xharmonise.harmoniser import FitReport, Harmoniser, Mapping
 from xharmonise.inference import PixelKernel
 from xharmonise.models import build_model
+from xharmonise.simulate import simulate_pair
 
 BANDS = ["B2", "B3", "B4", "B8"]
 DN_SCALE = 1e-4
@@ -64,20 +66,36 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
 def _model() -> Harmoniser:
     net = build_model("calibnet", len(BANDS), variance=True, seed=0).eval()
     n = len(BANDS)
-    return Harmoniser(
+    # Any pair's grid: predict applies the mapping to whatever source it is given.
+    pair = simulate_pair((100, 100), seed=0)
+    mapping = Mapping(
         method="calibnet",
-        src_bands=list(BANDS),
-        ref_bands=list(BANDS),
+        src_bands=tuple(BANDS),
+        ref_bands=tuple(BANDS),
         factor=5,
-        sigmas=[2.5] * n,
+        sigmas=(2.5,) * n,
         src_scale=DN_SCALE,
         src_offset=0.0,
-        linear=np.zeros((n, n + 1), np.float32),
-        metrics=None,
         src_dtype="uint16",
-        variance=True,
+        linear=np.zeros((n, n + 1), np.float32),
         net=net,
+        variance=True,
+        grid=pair_grid(pair.src, pair.ref),
+        applied_shift=None,
     )
+    report = FitReport(
+        metrics=xr.DataArray(
+            np.zeros((n, 1, 1)),
+            dims=("band", "metric", "stage"),
+            coords={"band": BANDS, "metric": ["rmse"], "stage": ["model"]},
+        ),
+        history={},
+        patches={},
+        samples={},
+        shift_estimate=None,
+        versions={},
+    )
+    return Harmoniser(mapping=mapping, fit_report=report)
 
 
 def _mlp_flops(net: torch.nn.Module) -> int:
