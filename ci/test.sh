@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy xharmonise
-.venv/bin/python -m pytest --durations=25 "$@"
+# Two pytest-xdist workers, one per core; loadscope keeps each module (and its module-scoped
+# fixtures: simulated pairs, fitted models, a docs build) on one worker.
+.venv/bin/python -m pytest -n 2 --dist loadscope --durations=25 "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,18 @@ from distributed import Client, LocalCluster
 from xharmonise.simulate import simulate_pair
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CI runs the suite on two pytest-xdist workers on two cores: each worker (and every
+    # process it starts: commands, examples, cluster workers) gets one compute thread, or
+    # torch's OpenMP threads oversubscribe the cores and spin against each other. Set
+    # before torch is first imported (``import xharmonise`` does not import it).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
 
 
 def shared_data(name: str) -> Path:

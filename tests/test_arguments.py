@@ -338,9 +338,16 @@ OUT = [
 ]
 
 
+def _case_id(via: str, row: tuple) -> str:
+    # A function's repr holds its address: name it by the message it must give instead,
+    # so that every pytest-xdist worker collects the same test ids.
+    value = f"<path: {row[4]}>" if callable(row[2]) else repr(row[2])
+    return f"{via}-{row[0]}-{row[1]}={value}"
+
+
 def _cases(rows: list[tuple], vias: tuple[str, ...]) -> list[Any]:
     return [
-        pytest.param(*row, via, id=f"{via}-{row[0]}-{row[1]}={row[2]!r}")
+        pytest.param(*row, via, id=_case_id(via, row))
         for row in rows
         # The accessor's source is the object it hangs on: no bad src to give it.
         for via in (vias if row[0] in ACCESSOR and row[1] != "src" else ("free",))
