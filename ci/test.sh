@@ -7,5 +7,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff format --check .
 .venv/bin/mypy xharmonise
 # Two pytest-xdist workers, one per core; loadscope keeps each module (and its module-scoped
-# fixtures: simulated pairs, fitted models, a docs build) on one worker.
-.venv/bin/python -m pytest -n 2 --dist loadscope --durations=25 "$@"
+# fixtures: simulated pairs, fitted models, a docs build) on one worker, and takes modules
+# in collection order (tests/conftest.py puts the longest, the paper module, first; xdist's
+# default reorder by test count would start it last).
+.venv/bin/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=25 "$@"
