@@ -69,6 +69,13 @@ def _harmoniser(net: torch.nn.Module, method: str = "calibnet") -> Harmoniser:
     return Harmoniser(mapping=mapping, fit_report=report)
 
 
+def test_repr_of_a_hand_built_model_without_metric_labels():
+    # benchmarks/inference.py's first model had metrics without coordinates, and its repr
+    # raised KeyError('metric'): the scores are left out instead.
+    text = repr(_harmoniser(build_model("calibnet", 4, variance=True, seed=0).eval()))
+    assert text.startswith("<Harmoniser calibnet +variance: ") and "RMSE" not in text
+
+
 def _image(n_bands: int, shape: tuple[int, int] = (37, 53), seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = rng.uniform(0.0, 0.6, (n_bands, *shape)).astype(np.float32)

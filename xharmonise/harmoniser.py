@@ -564,13 +564,19 @@ class Harmoniser:
         return save(self, path, storage_options=storage_options)
 
     def __repr__(self) -> str:
-        rmse = self.metrics.sel(metric="rmse").mean("band")
-        stages = ", ".join(f"{s}={float(rmse.sel(stage=s)):.4f}" for s in rmse["stage"].values)
+        m, scores = self.metrics, ""
+        # A FitReport built by hand may hold metrics without the fit's labels: a repr
+        # must never fail, so the scores are shown only where they can be read.
+        labelled = "metric" in m.coords and "stage" in m.coords
+        if labelled and "rmse" in m["metric"].values:
+            rmse = m.sel(metric="rmse").mean("band")
+            stages = ", ".join(f"{s}={float(rmse.sel(stage=s)):.4f}" for s in rmse["stage"].values)
+            scores = f", mean test RMSE {stages}"
         return (
             f"<Harmoniser {self.method}{' +variance' if self.variance else ''}: "
             f"{list(self.src_bands)} -> {list(self.ref_bands)}, x{self.factor}, "
             f"{self.patches.get('train', 0)} train / {self.patches.get('test', 0)} test "
-            f"patches, mean test RMSE {stages}>"
+            f"patches{scores}>"
         )
 
 
