@@ -34,7 +34,7 @@ from dask.delayed import Delayed
 from hypothesis import strategies as st
 
 import xharmonise
-from xharmonise.errors import DetailLossWarning, HarmoniseError
+from xharmonise.errors import DetailLossWarning, HarmoniseError, UnknownBandWarning
 from xharmonise.simulate import simulate_pair
 
 __all__ = ["ENTRY_POINTS", "Case", "FuzzFailure", "check", "strategies"]
@@ -1151,11 +1151,12 @@ def check(case: Case) -> str:
             call, watched = _build(case)
         with warnings.catch_warnings():
             # Warnings are errors, as under pytest (pyproject.toml's filterwarnings, whose
-            # third-party exceptions are repeated here), except the documented warning.
+            # third-party exceptions are repeated here), except the documented warnings.
             warnings.simplefilter("error")
             for message, category in _IGNORED_WARNINGS:
                 warnings.filterwarnings("ignore", message=message, category=category)
             warnings.simplefilter("ignore", DetailLossWarning)
+            warnings.simplefilter("ignore", UnknownBandWarning)
             try:
                 result = call()
                 if case.entry == "cli":

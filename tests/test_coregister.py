@@ -210,12 +210,21 @@ def test_too_few_windows_and_too_small_overlap_raise_with_the_fix():
 def test_real_sentinel2_pair_windows_agree_with_whole_overlap_correlation():
     folder = shared_data("arosics_s2")
     # Two Sentinel-2 L1C B03 dates on the same 10 m grid (factor 1); 0 is fill.
-    ref = rioxarray.open_rasterio(
-        folder / "ref_S2A_20160608T153121_T33UUU_sub.jp2", chunks={"y": 512, "x": 512}
-    ).rio.write_nodata(0, encoded=False)
-    tgt = rioxarray.open_rasterio(
-        folder / "tgt_S2A_20160529T153631_T33UUU_sub.jp2", chunks={"y": 512, "x": 512}
-    ).rio.write_nodata(0, encoded=False)
+    # The files' one band is unnamed ("1"): named, it gets B03's MTF (not the default's).
+    ref = (
+        rioxarray.open_rasterio(
+            folder / "ref_S2A_20160608T153121_T33UUU_sub.jp2", chunks={"y": 512, "x": 512}
+        )
+        .rio.write_nodata(0, encoded=False)
+        .assign_coords(band=["B3"])
+    )
+    tgt = (
+        rioxarray.open_rasterio(
+            folder / "tgt_S2A_20160529T153631_T33UUU_sub.jp2", chunks={"y": 512, "x": 512}
+        )
+        .rio.write_nodata(0, encoded=False)
+        .assign_coords(band=["B3"])
+    )
     est = xharmonise.estimate_shift(tgt, ref, scale=1e-4)
     assert isinstance(tgt.data, da.Array)
     inliers = est.windows[est.windows["status"] == "inlier"]

@@ -18,6 +18,7 @@ from xharmonise.errors import (
     NoOverlapError,
     NoValidPatchesError,
     StoreExistsError,
+    UnknownBandWarning,
     UnknownMethodError,
 )
 from xharmonise.harmoniser import FitReport, Harmoniser, Mapping, load, save
@@ -46,6 +47,7 @@ __all__ = [
     "NoValidPatchesError",
     "ShiftEstimate",
     "StoreExistsError",
+    "UnknownBandWarning",
     "UnknownMethodError",
     "cloud_mask_from_clm",
     "cloud_mask_from_scl",

@@ -120,9 +120,11 @@ def estimate_shift(
     )
     mask = arguments.mask(mask)
     paired = stages.reflectance_pair(src, ref, scale=scale, offset=offset, bands=bands)
+    grid = _grid.pair_grid(paired.src, paired.ref)
+    stages.warn_unknown_bands(paired.ref_bands, stacklevel=2)
     return stages.measure_shift(
         paired,
-        _grid.pair_grid(paired.src, paired.ref),
+        grid,
         mask,
         window=window,
         max_windows=max_windows,

@@ -20,6 +20,7 @@ __all__ = [
     "NoOverlapError",
     "NoValidPatchesError",
     "StoreExistsError",
+    "UnknownBandWarning",
     "UnknownMethodError",
 ]
 
@@ -270,4 +271,27 @@ class DetailLossWarning(UserWarning):
     ...     out = xharmonise.predict(pair.src, model)
     >>> [w.category.__name__ for w in caught]
     ['DetailLossWarning']
+    """
+
+
+class UnknownBandWarning(UserWarning):
+    """A reference band name that is no Sentinel-2 band: its MTF is a default, not its own.
+
+    Sentinel-2 names are recognised in the loaders' spellings (``B2``/``B02``/``B8A``,
+    Earth Search's ``blue``, ``nir``, ``rededge1``..., Theia's ``FRE_B2``); other names,
+    e.g. a GeoTIFF's unnamed bands ``1, 2, 3, 4``, get
+    :data:`xharmonise.psf.DEFAULT_MTF`.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((100, 100))
+    >>> ref = pair.ref.assign_coords(band=["1", "2", "3", "4"])  # a GeoTIFF without names
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", xharmonise.UnknownBandWarning)
+    ...     model = xharmonise.fit(pair.src, ref, method="linear", patch_size=8)
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    reference bands ['1', '2', '3', '4'] are no Sentinel-2 band names ...
     """

@@ -9,6 +9,7 @@ value per reference pixel) simulates what the reference would have measured.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import dask.array as da
@@ -17,6 +18,7 @@ import xarray as xr
 
 __all__ = [
     "DEFAULT_MTF",
+    "S2_ALIASES",
     "S2_MTF",
     "degrade",
     "degrade_array",
@@ -25,6 +27,7 @@ __all__ = [
     "kernel_margin",
     "nyquist_response",
     "reference_sigmas",
+    "s2_band",
     "sigma_from_mtf",
 ]
 
@@ -43,6 +46,42 @@ S2_MTF: dict[str, float] = {
     "B11": 0.239,
     "B12": 0.183,
 }
+
+
+#: Sentinel-2 band names that are not ``B<n>``: the common names of Earth Search's
+#: collections (odc-stac, stackstac), upper-cased.
+S2_ALIASES: dict[str, str] = {
+    "COASTAL": "B1",
+    "BLUE": "B2",
+    "GREEN": "B3",
+    "RED": "B4",
+    "REDEDGE1": "B5",
+    "REDEDGE2": "B6",
+    "REDEDGE3": "B7",
+    "NIR": "B8",
+    "NIR08": "B8A",
+    "NIR09": "B9",
+    "SWIR16": "B11",
+    "SWIR22": "B12",
+}
+# B2, B02, B8A, B08A, and Theia's file prefixes (SRE_B2, FRE_B8A).
+_S2_ID = re.compile(r"^(?:[A-Z]+_)?B0?(\d{1,2}A?)$")
+
+
+def s2_band(name: object) -> str | None:
+    """The Sentinel-2 band a band name stands for (``"B2"``... ``"B8A"``), or None.
+
+    Examples
+    --------
+    >>> [s2_band(n) for n in ("B02", "b8a", "blue", "nir08", "FRE_B4", "B10", "pan", 1)]
+    ['B2', 'B8A', 'B2', 'B8A', 'B4', None, None, None]
+    """
+    key = str(name).strip().upper()
+    if key in S2_ALIASES:
+        return S2_ALIASES[key]
+    found = _S2_ID.match(key)
+    band = f"B{found.group(1)}" if found else None
+    return band if band in S2_MTF else None
 
 
 def sigma_from_mtf(mtf: float, ref_resolution: float, src_resolution: float) -> float:
@@ -78,16 +117,18 @@ DEFAULT_MTF: float = 0.26
 def reference_sigmas(bands: Sequence[str], factor: int) -> list[float]:
     """Per-band Gaussian sigma, in source pixels, of the reference MTF for ``bands``.
 
-    Sentinel-2 band names (any case) take their MTF from :data:`S2_MTF`, others
-    :data:`DEFAULT_MTF`; only the resolution ratio ``factor`` matters.
+    Sentinel-2 band names in any spelling :func:`s2_band` knows (``B4``, ``B04``,
+    ``red``...) take their MTF from :data:`S2_MTF`, others :data:`DEFAULT_MTF`; only the
+    resolution ratio ``factor`` matters.
 
     Examples
     --------
-    >>> [round(s, 2) for s in reference_sigmas(["B4", "b8", "pan"], 5)]
-    [2.72, 2.76, 2.61]
+    >>> [round(s, 2) for s in reference_sigmas(["B4", "B08", "nir", "pan"], 5)]
+    [2.72, 2.76, 2.76, 2.61]
     """
     res = 10.0
-    return [sigma_from_mtf(S2_MTF.get(b.upper(), DEFAULT_MTF), res, res / factor) for b in bands]
+    mtfs = [S2_MTF.get(s2_band(b) or "", DEFAULT_MTF) for b in bands]
+    return [sigma_from_mtf(mtf, res, res / factor) for mtf in mtfs]
 
 
 def kernel_margin(sigma: float, factor: int, extra: int = 0) -> int:

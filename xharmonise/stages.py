@@ -17,6 +17,7 @@ the registry (:mod:`xharmonise.models.registry`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,7 +28,13 @@ import xarray as xr
 from xharmonise import checks, psf, sampling
 from xharmonise import grid as _grid
 from xharmonise.coregister import estimate_on_grid
-from xharmonise.errors import BandMismatchError, CoregistrationError, GridError, InputValueError
+from xharmonise.errors import (
+    BandMismatchError,
+    CoregistrationError,
+    GridError,
+    InputValueError,
+    UnknownBandWarning,
+)
 from xharmonise.harmoniser import FitReport, Harmoniser, package_versions
 from xharmonise.harmoniser import Mapping as ModelMapping
 from xharmonise.metrics import metric_table
@@ -52,6 +59,7 @@ __all__ = [
     "reflectance_pair",
     "run",
     "train_network",
+    "warn_unknown_bands",
 ]
 
 
@@ -227,6 +235,23 @@ def measure_shift(
     )
 
 
+def warn_unknown_bands(ref_bands: Sequence[str], *, stacklevel: int) -> None:
+    """:class:`~xharmonise.errors.UnknownBandWarning` naming the reference bands that get
+    the default MTF; called once the pair is known to be usable (a pair refused anyway
+    gets its error, not a warning first)."""
+    unknown = [b for b in ref_bands if psf.s2_band(b) is None]
+    if unknown:
+        warnings.warn(
+            UnknownBandWarning(
+                f"reference bands {unknown} are no Sentinel-2 band names (B2 or B02, blue, "
+                f"nir, rededge1...): their MTF is taken as {psf.DEFAULT_MTF}, a 10 m "
+                "average; name them to get their own, e.g. "
+                "ref.assign_coords(band=['B2', 'B3', 'B4', 'B8'])"
+            ),
+            stacklevel=stacklevel + 1,
+        )
+
+
 @dataclass(frozen=True)
 class PreparedPair:
     """The pair ready to sample: on one phase-aligned grid, co-registered if asked.
@@ -277,6 +302,8 @@ def prepare_pair(
     out when the measurement fails; with ``coregister=True`` the failure is raised.
     """
     g = _grid.pair_grid(paired.src, paired.ref)
+    # Called by run, called by xharmonise.fit: the warning points at fit's caller.
+    warn_unknown_bands(paired.ref_bands, stacklevel=4)
     estimate = coregister if isinstance(coregister, ShiftEstimate) else None
     if estimate is None and (coregister or measure):
         try:
