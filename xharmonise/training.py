@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -540,37 +540,35 @@ class _RunningLoss:
         return mean
 
 
-def _epoch_indices(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+def _shuffled_epochs(
+    n: int, batch: int, permutation: Callable[[int], Any], concat: Callable[[list], Any]
+) -> Iterator[Any]:
     # Shuffled epochs: every sample is seen once per epoch; a batch straddling two
     # epochs takes the tail of one permutation and the head of the next.
     batch = min(batch, n)
-    perm, pos = rng.permutation(n), 0
+    perm, pos = permutation(n), 0
     while True:
         if pos + batch <= n:
             yield perm[pos : pos + batch]
             pos += batch
         else:
             head = perm[pos:]
-            perm, pos = rng.permutation(n), batch - head.size
-            yield np.concatenate([head, perm[:pos]])
+            perm, pos = permutation(n), batch - len(head)
+            yield concat([head, perm[:pos]])
+
+
+def _epoch_indices(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    return _shuffled_epochs(n, batch, rng.permutation, np.concatenate)
 
 
 def _device_epoch_indices(
     n: int, batch: int, generator: torch.Generator, dev: torch.device
 ) -> Iterator[torch.Tensor]:
-    # _epoch_indices' shuffled epochs, drawn on the device: no index crosses from the
-    # host. The order differs from the CPU's (another generator), not the sampling.
-    batch = min(batch, n)
-    perm, pos = torch.randperm(n, generator=generator, device=dev), 0
-    while True:
-        if pos + batch <= n:
-            yield perm[pos : pos + batch]
-            pos += batch
-        else:
-            head = perm[pos:]
-            perm = torch.randperm(n, generator=generator, device=dev)
-            pos = batch - head.numel()
-            yield torch.cat([head, perm[:pos]])
+    # The same epochs drawn on the device: no index crosses from the host. The order
+    # differs from the CPU's (another generator), not the sampling.
+    return _shuffled_epochs(
+        n, batch, lambda k: torch.randperm(k, generator=generator, device=dev), torch.cat
+    )
 
 
 def _batches(
