@@ -62,7 +62,8 @@ def xh(
 
     In-process through ``main`` by default (under pytest's warnings-as-errors, as the
     commands' ``PYTHONWARNINGS`` below); in a fresh ``python -m xharmonise`` with
-    ``process``, through the installed console script with ``script``.
+    ``process`` or ``env`` (environment variables only a new process reads, e.g. fsspec's
+    configuration), through the installed console script with ``script``.
     """
     argv = [str(a) for a in args]
     if not (process or script or env):
