@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +99,19 @@ _REF_ADD_OFFSET = -0.1  # S2 L2A processing baseline >= 04.00 (BOA_ADD_OFFSET = 
 # Independent hash streams so every random field differs.
 _S_PARCEL, _S_TEXTURE, _S_FINE, _S_ROAD, _S_BUILD, _S_SRC_CLOUD, _S_REF_CLOUD = range(1, 8)
 _S_SRC_NOISE, _S_REF_NOISE = 8, 9
+_S_PHENOLOGY, _S_HARVEST, _S_DATE = 10, 11, 12
+
+# Phenology (simulate_series): a parcel's greenness follows a logistic green-up in time,
+# g(t) = 1 / (1 + exp(-(t - mid) / width)), mid and width drawn per parcel, so parcels
+# around the source date do not all move alike. Reflectance is scaled per band by
+# exp(gain * amplitude * (g(t) - g(0))): exactly the static surface at the source date,
+# always positive, red falling and NIR rising as the canopy closes. The amplitude is per
+# class: crops move most, grass and forest barely, non-vegetation not at all.
+_GREENING_GAIN = np.array([-0.45, -0.25, -1.1, 0.55])
+_GREENING = np.array([0.0, 1.0, 0.1, 0.0, 0.3, 0.0, 0.0])
+_GREENUP_MID = (-30.0, 30.0)  # days from the source date: mid-season spread over two months
+_GREENUP_WIDTH = (3.0, 6.0)  # days: a canopy closes over a few weeks (about 4 widths)
+_CROP, _BARE_SOIL = 1, 3
 
 
 @dataclass
@@ -274,9 +287,69 @@ def _value_noise(seed: int, stream: int, x: np.ndarray, y: np.ndarray, cell: flo
     return (v00 * (1 - tx) + v10 * tx) * (1 - ty) + (v01 * (1 - tx) + v11 * tx) * ty
 
 
+# --------------------------------------------------------------------------- season
+@dataclass(frozen=True)
+class _Season:
+    """How the surface moves with time around the source date (see ``simulate_series``)."""
+
+    harvest_day: float | None = None
+    harvest_fraction: float = 0.0
+
+    def bare(self, day: float) -> bool:
+        """Whether harvested parcels show bare soil ``day`` days after the source date."""
+        h = self.harvest_day
+        if h is None:
+            return False
+        # The harvest falls between the source date and src + h: it is done from day h on
+        # when h > 0; when h < 0 the source already sees it, dates up to h do not.
+        return day >= h if h > 0 else day > h
+
+    def apply(
+        self,
+        seed: int,
+        refl: np.ndarray,
+        cls: np.ndarray,
+        owner_x: np.ndarray,
+        owner_y: np.ndarray,
+        brightness: np.ndarray,
+        day: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Parcel spectra at ``day`` and which pixels belong to harvested crop parcels."""
+        if day != 0:
+            # Skipped at the source date: there the static surface must hold bit for bit.
+            u_mid = _uniform(seed, _S_PHENOLOGY, owner_x, owner_y, 0)
+            u_width = _uniform(seed, _S_PHENOLOGY, owner_x, owner_y, 1)
+            mid = _GREENUP_MID[0] + (_GREENUP_MID[1] - _GREENUP_MID[0]) * u_mid
+            width = _GREENUP_WIDTH[0] + (_GREENUP_WIDTH[1] - _GREENUP_WIDTH[0]) * u_width
+            green = 1.0 / (1.0 + np.exp(-(day - mid) / width))
+            green0 = 1.0 / (1.0 + np.exp(mid / width))
+            delta = _GREENING[cls] * (green - green0)
+            refl = refl * np.exp(_GREENING_GAIN.reshape(-1, *([1] * cls.ndim)) * delta)
+        harvested = (cls == _CROP) & (
+            _uniform(seed, _S_HARVEST, owner_x, owner_y) < self.harvest_fraction
+        )
+        if self.bare(day):
+            soil = _CLASSES[_BARE_SOIL].reshape(-1, *([1] * cls.ndim)) * brightness
+            refl = np.where(harvested, soil, refl)
+        return refl, harvested
+
+
 # --------------------------------------------------------------------------- surface
-def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """S2-band surface reflectance (4, *x.shape) at world coordinates x, y (metres)."""
+def _surface(
+    seed: int, x: np.ndarray, y: np.ndarray, season: _Season | None = None, day: float = 0.0
+) -> np.ndarray:
+    """S2-band surface reflectance (4, *x.shape) at world coordinates x, y (metres).
+
+    Without ``season`` it is the static surface of :func:`simulate_pair`; with one, the
+    surface ``day`` days after the source date.
+    """
+    return _surface_layers(seed, x, y, season, day)[0]
+
+
+def _surface_layers(
+    seed: int, x: np.ndarray, y: np.ndarray, season: _Season | None, day: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The surface and, with a ``season``, where harvested crop is visible (else None)."""
     parcel = 120.0
     cx, cy = np.floor(x / parcel).astype(np.int64), np.floor(y / parcel).astype(np.int64)
     best = np.full(x.shape, np.inf)
@@ -297,6 +370,9 @@ def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     cls = np.minimum(cls, len(_CLASSES) - 1)
     brightness = 0.85 + 0.3 * _uniform(seed, _S_PARCEL, owner_x, owner_y, 3)
     refl = _CLASSES[cls].transpose(np.roll(np.arange(cls.ndim + 1), 1)) * brightness
+    harvested = None
+    if season is not None:
+        refl, harvested = season.apply(seed, refl, cls, owner_x, owner_y, brightness, day)
 
     texture = 0.88 + 0.24 * _value_noise(seed, _S_TEXTURE, x, y, 24.0)
     fine = 0.94 + 0.12 * _value_noise(seed, _S_FINE, x, y, 4.0)
@@ -313,6 +389,8 @@ def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         width = 6.0 + 4.0 * _uniform(seed, _S_ROAD, cell, stream_key + 2)
         on_road = np.abs(u_ - centre) < width / 2
         refl = np.where(on_road, _ROAD.reshape(-1, *([1] * x.ndim)), refl)
+        if harvested is not None:
+            harvested = harvested & ~on_road
 
     # Buildings: at most one per 30 m cell, far more likely in urban parcels.
     bcell = 30.0
@@ -327,7 +405,9 @@ def _surface(seed: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     inside = has & (lx >= ox) & (lx < ox + w) & (ly >= oy) & (ly < oy + h)
     roof = np.minimum((_uniform(seed, _S_BUILD, bx, by, 5) * 3).astype(np.int64), 2)
     roofs = _ROOFS[roof].transpose(np.roll(np.arange(roof.ndim + 1), 1))
-    return np.where(inside, roofs, refl)
+    if harvested is not None:
+        harvested = harvested & ~inside
+    return np.where(inside, roofs, refl), harvested
 
 
 def _cloud_noise(seed: int, stream: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -415,6 +495,264 @@ def _dataarray(data, grid: _Grid, bands: Sequence[str] | None, name: str) -> xr.
     return arr
 
 
+# --------------------------------------------------------------------------- scene
+_REF_RES, _FACTOR = 10.0, 5  # reference pixel size (m); source pixels per reference pixel
+_Surface = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class _Scene:
+    """Grids, bands and radiometry that the pair and the series generators share."""
+
+    idx: list[int]
+    ref_bands: tuple[str, ...]
+    src_bands: tuple[str, ...]
+    src_grid: _Grid
+    ref_grid: _Grid
+    fine: _Grid  # 2 m grid in phase with the reference, padded for the MTF kernel
+    pad: int
+    sigmas: list[float]
+    to_ref: Transformer
+    same_crs: bool
+    mixing: np.ndarray
+    gains: np.ndarray
+    offsets: np.ndarray
+    path: np.ndarray
+    trans: np.ndarray
+    sph: np.ndarray
+    cloud: np.ndarray
+
+    @property
+    def nb(self) -> int:
+        return len(self.idx)
+
+    def src_world(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Reference-CRS coordinates of source pixel centres."""
+        x, y = self.src_grid.centres(rows, cols)
+        if not self.same_crs:
+            x, y = self.to_ref.transform(x, y)
+        return np.asarray(x), np.asarray(y)
+
+
+def _scene(
+    shape: tuple[int, int],
+    bands: Sequence[str],
+    src_crs: str | int | None,
+    src_offset: tuple[float, float],
+    src_resolution: float,
+    ref_crs: str | int,
+    origin: tuple[float, float],
+) -> _Scene:
+    idx = [S2_BANDS.index(b) for b in bands]
+    ref_res, factor = _REF_RES, _FACTOR
+    ref_crs_ = CRS.from_user_input(ref_crs)
+    src_crs_ = CRS.from_user_input(src_crs) if src_crs is not None else ref_crs_
+    border = 80.0  # reference margin around the source footprint, metres
+
+    ny, nx = shape
+    if src_crs_ == ref_crs_:
+        x0 = origin[0] + border + src_offset[0]
+        y0 = origin[1] - border - src_offset[1]
+    else:
+        cx = origin[0] + border + nx * src_resolution / 2
+        cy = origin[1] - border - ny * src_resolution / 2
+        to_src = Transformer.from_crs(ref_crs_, src_crs_, always_xy=True)
+        sx, sy = to_src.transform(cx, cy)
+        x0 = round(sx - nx * src_resolution / 2) + src_offset[0]
+        y0 = round(sy + ny * src_resolution / 2) - src_offset[1]
+    src_grid = _Grid(src_crs_, Affine(src_resolution, 0, x0, 0, -src_resolution, y0), (ny, nx))
+
+    # Reference grid: covers the source footprint plus a margin, on 10 m lines from origin.
+    to_ref = Transformer.from_crs(src_crs_, ref_crs_, always_xy=True)
+    corners = (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
+    # affine annotates float vectors only; it maps coordinate arrays elementwise too.
+    fx, fy = src_grid.transform @ corners  # type: ignore[operator]
+    rx, ry = to_ref.transform(fx, fy)
+    rows = math.ceil((origin[1] - min(ry) + border) / ref_res)
+    cols = math.ceil((max(rx) - origin[0] + border) / ref_res)
+    ref_grid = _Grid(ref_crs_, Affine(ref_res, 0, origin[0], 0, -ref_res, origin[1]), (rows, cols))
+
+    # The reference sees the surface on a 2 m grid in phase with the 10 m grid, with enough
+    # margin for the MTF kernel, blurred and sampled once per 10 m pixel.
+    sigmas = [psf.sigma_from_mtf(psf.S2_MTF[b], ref_res, ref_res / factor) for b in bands]
+    pad = factor * math.ceil(psf.kernel_margin(max(sigmas), factor) / factor)
+    fine = _Grid(
+        ref_crs_,
+        Affine(
+            ref_res / factor,
+            0,
+            origin[0] - pad * ref_res / factor,
+            0,
+            -ref_res / factor,
+            origin[1] + pad * ref_res / factor,
+        ),
+        (rows * factor + 2 * pad, cols * factor + 2 * pad),
+    )
+
+    mixing = _MIXING[np.ix_(idx, idx)]
+    mixing = mixing / mixing.sum(axis=1, keepdims=True)
+    return _Scene(
+        idx=idx,
+        ref_bands=tuple(bands),
+        src_bands=tuple(SRC_BANDS[i] for i in idx),
+        src_grid=src_grid,
+        ref_grid=ref_grid,
+        fine=fine,
+        pad=pad,
+        sigmas=sigmas,
+        to_ref=to_ref,
+        same_crs=src_crs_ == ref_crs_,
+        mixing=mixing,
+        gains=_GAINS[idx],
+        offsets=_OFFSETS[idx],
+        path=_PATH[idx],
+        trans=_TRANS[idx],
+        sph=_SPHERICAL[idx],
+        cloud=_CLOUD[idx],
+    )
+
+
+_COL = (slice(None), None, None)  # a per-band vector against (band, y, x)
+
+
+def _src_valid(shape: tuple[int, int], nodata_border: int, rows: slice, cols: slice) -> np.ndarray:
+    ny, nx = shape
+    r = np.arange(rows.start, rows.stop)[:, None]
+    c = np.arange(cols.start, cols.stop)[None, :]
+    w = nodata_border
+    if w <= 0:
+        return np.ones((r.size, c.size), bool)
+    edge = np.minimum(np.minimum(r, ny - 1 - r), np.minimum(c, nx - 1 - c))
+    return (edge >= w) & (r + c >= 4 * w)
+
+
+def _source(
+    scene: _Scene,
+    surface: _Surface,
+    *,
+    seed: int,
+    toa: bool,
+    shift: tuple[float, float],
+    src_clouds: float,
+    nodata_border: int,
+    chunks: int | None,
+) -> tuple[np.ndarray | da.Array, np.ndarray | da.Array]:
+    """The source reflectance (band, y, x) and its unmasked clouds (y, x)."""
+    s_ = scene
+    col = _COL
+
+    def src_block(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = s_.src_world(rows_, cols_)
+        # Source content at p shows the surface at p - shift.
+        s = surface(x - shift[0], y - shift[1])[s_.idx]
+        v = np.einsum("ij,j...->i...", s_.mixing, s)
+        if toa:
+            v = s_.path[col] + s_.trans[col] * v / (1.0 - s_.sph[col] * v)
+        v = s_.gains[col] * v + s_.offsets[col]
+        alpha = _cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds)
+        v = (1 - alpha) * v + alpha * s_.cloud[col]
+        r = np.arange(rows_.start, rows_.stop)[:, None]
+        c = np.arange(cols_.start, cols_.stop)[None, :]
+        v = v + _SRC_NOISE * _normal(seed, _S_SRC_NOISE, np.arange(s_.nb)[col], r, c)
+        return np.where(_src_valid(s_.src_grid.shape, nodata_border, rows_, cols_), v, np.nan)
+
+    def src_cloud_block(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = s_.src_world(rows_, cols_)
+        return (_cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds) > 0)[None]
+
+    src_data = _lazy_field(s_.src_grid, s_.nb, chunks, src_block, np.float32)
+    src_cloud_data = _lazy_field(s_.src_grid, 1, chunks, src_cloud_block, bool)[0]
+    return src_data, src_cloud_data
+
+
+def _source_truth(
+    scene: _Scene,
+    surface: _Surface,
+    shift: tuple[float, float],
+    nodata_border: int,
+    chunks: int | None,
+) -> np.ndarray | da.Array:
+    """The S2-band surface seen by each source pixel (band, y, x), NaN at no-data."""
+
+    def truth_block(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = scene.src_world(rows_, cols_)
+        s = surface(x - shift[0], y - shift[1])[scene.idx]
+        return np.where(_src_valid(scene.src_grid.shape, nodata_border, rows_, cols_), s, np.nan)
+
+    return _lazy_field(scene.src_grid, scene.nb, chunks, truth_block, np.float32)
+
+
+def _reference(
+    scene: _Scene, surface: _Surface, *, seed: int, ref_clouds: float, chunks: int | None
+) -> tuple[np.ndarray | da.Array, np.ndarray | da.Array]:
+    """The reference reflectance (band, y, x) and its masked clouds (y, x).
+
+    ``seed`` drives the reference's own noise and clouds only; the surface carries its own.
+    """
+    s_ = scene
+    nb, factor, col = s_.nb, _FACTOR, _COL
+    rows, cols = s_.ref_grid.shape
+
+    def fine_block(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = s_.fine.centres(rows_, cols_)
+        return surface(x, y)[s_.idx]
+
+    fine_chunks = None if chunks is None else max(factor, chunks // factor * factor)
+    field_ = _lazy_field(s_.fine, nb, fine_chunks, fine_block, np.float32)
+    blurred = psf.degrade_array(field_, s_.sigmas, factor)
+    p = s_.pad // factor
+    blurred = blurred[:, p : p + rows, p : p + cols]
+    if chunks is not None:
+        assert isinstance(blurred, da.Array), "a chunked field stays lazy through the blur"
+        blurred = blurred.rechunk((nb, chunks, chunks))
+
+    def ref_block(rows_: slice, cols_: slice, values: np.ndarray) -> np.ndarray:
+        x, y = s_.ref_grid.centres(rows_, cols_)
+        r = np.arange(rows_.start, rows_.stop)[:, None]
+        c = np.arange(cols_.start, cols_.stop)[None, :]
+        v = values + _REF_NOISE * _normal(seed, _S_REF_NOISE, np.arange(nb)[col], r, c)
+        alpha = _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)
+        return (1 - alpha) * v + alpha * s_.cloud[col]
+
+    def ref_cloud_block(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = s_.ref_grid.centres(rows_, cols_)
+        return _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)[None] > 0
+
+    ref_data: np.ndarray | da.Array
+    if chunks is None:
+        ref_data = ref_block(slice(0, rows), slice(0, cols), blurred).astype(np.float32)
+    else:
+
+        def _ref(values, block_info=None):
+            (r0, r1), (c0, c1) = block_info[0]["array-location"][1:]
+            return ref_block(slice(r0, r1), slice(c0, c1), values).astype(np.float32)
+
+        ref_data = da.map_blocks(
+            _ref, blurred, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
+        )
+    ref_cloud_data = _lazy_field(s_.ref_grid, 1, chunks, ref_cloud_block, bool)[0]
+    return ref_data, ref_cloud_data
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "uint16"):
+        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
+
+
+def _product(arr: xr.DataArray, add_offset: float, dtype: str) -> xr.DataArray:
+    """Reflectance as delivered: uint16 DN with scale/offset, or float32 with NaN no-data."""
+    if dtype == "uint16":
+        return _to_dn(arr, add_offset)
+    return arr.rio.write_nodata(np.nan, encoded=False)
+
+
+def _mapping(scene: _Scene, toa: bool) -> np.ndarray | None:
+    if toa:
+        return None
+    a = np.linalg.inv(scene.mixing) / scene.gains[None, :]
+    return np.concatenate([a, -(a @ scene.offsets)[:, None]], axis=1)
+
+
 # --------------------------------------------------------------------------- main entry
 def simulate_pair(
     shape: tuple[int, int] = (1000, 1000),
@@ -485,171 +823,36 @@ def simulate_pair(
     >>> pair.src.shape, pair.ref.shape
     ((4, 200, 200), (4, 56, 56))
     """
-    idx = [S2_BANDS.index(b) for b in bands]
-    nb = len(idx)
-    ref_bands = tuple(bands)
-    src_bands = tuple(SRC_BANDS[i] for i in idx)
-    ref_res, factor = 10.0, 5
-    ref_crs_ = CRS.from_user_input(ref_crs)
-    src_crs_ = CRS.from_user_input(src_crs) if src_crs is not None else ref_crs_
-    border = 80.0  # reference margin around the source footprint, metres
-
-    ny, nx = shape
-    if src_crs_ == ref_crs_:
-        x0 = origin[0] + border + src_offset[0]
-        y0 = origin[1] - border - src_offset[1]
-    else:
-        cx = origin[0] + border + nx * src_resolution / 2
-        cy = origin[1] - border - ny * src_resolution / 2
-        to_src = Transformer.from_crs(ref_crs_, src_crs_, always_xy=True)
-        sx, sy = to_src.transform(cx, cy)
-        x0 = round(sx - nx * src_resolution / 2) + src_offset[0]
-        y0 = round(sy + ny * src_resolution / 2) - src_offset[1]
-    src_grid = _Grid(src_crs_, Affine(src_resolution, 0, x0, 0, -src_resolution, y0), (ny, nx))
-
-    # Reference grid: covers the source footprint plus a margin, on 10 m lines from origin.
-    to_ref = Transformer.from_crs(src_crs_, ref_crs_, always_xy=True)
-    corners = (np.array([0, nx, 0, nx]), np.array([0, 0, ny, ny]))
-    # affine annotates float vectors only; it maps coordinate arrays elementwise too.
-    fx, fy = src_grid.transform @ corners  # type: ignore[operator]
-    rx, ry = to_ref.transform(fx, fy)
-    rows = math.ceil((origin[1] - min(ry) + border) / ref_res)
-    cols = math.ceil((max(rx) - origin[0] + border) / ref_res)
-    ref_grid = _Grid(ref_crs_, Affine(ref_res, 0, origin[0], 0, -ref_res, origin[1]), (rows, cols))
-
-    same_crs = src_crs_ == ref_crs_
-    mixing = _MIXING[np.ix_(idx, idx)]
-    mixing = mixing / mixing.sum(axis=1, keepdims=True)
-    gains, offsets = _GAINS[idx], _OFFSETS[idx]
-    path, trans, sph = _PATH[idx], _TRANS[idx], _SPHERICAL[idx]
-    cloud = _CLOUD[idx]
-    col = (slice(None), None, None)
-
-    def src_world(rows_: slice, cols_: slice):
-        x, y = src_grid.centres(rows_, cols_)
-        if not same_crs:
-            x, y = to_ref.transform(x, y)
-        return np.asarray(x), np.asarray(y)
-
-    def surface_at_src(rows_, cols_):
-        x, y = src_world(rows_, cols_)
-        # Source content at p shows the surface at p - shift.
-        return _surface(seed, x - shift[0], y - shift[1])[idx], x, y
-
-    def src_valid(rows_, cols_):
-        r = np.arange(rows_.start, rows_.stop)[:, None]
-        c = np.arange(cols_.start, cols_.stop)[None, :]
-        w = nodata_border
-        if w <= 0:
-            return np.ones((r.size, c.size), bool)
-        edge = np.minimum(np.minimum(r, ny - 1 - r), np.minimum(c, nx - 1 - c))
-        return (edge >= w) & (r + c >= 4 * w)
-
-    def src_block(rows_, cols_):
-        s, x, y = surface_at_src(rows_, cols_)
-        v = np.einsum("ij,j...->i...", mixing, s)
-        if toa:
-            v = path[col] + trans[col] * v / (1.0 - sph[col] * v)
-        v = gains[col] * v + offsets[col]
-        alpha = _cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds)
-        v = (1 - alpha) * v + alpha * cloud[col]
-        r = np.arange(rows_.start, rows_.stop)[:, None]
-        c = np.arange(cols_.start, cols_.stop)[None, :]
-        v = v + _SRC_NOISE * _normal(seed, _S_SRC_NOISE, np.arange(nb)[col], r, c)
-        v = np.where(src_valid(rows_, cols_), v, np.nan)
-        return v
-
-    def truth_block(rows_, cols_):
-        s, _, _ = surface_at_src(rows_, cols_)
-        return np.where(src_valid(rows_, cols_), s, np.nan)
-
-    def src_cloud_block(rows_, cols_):
-        x, y = src_world(rows_, cols_)
-        return (_cloud_opacity(seed, _S_SRC_CLOUD, x, y, src_clouds) > 0)[None]
-
-    # Reference: the surface on a 2 m grid in phase with the 10 m grid, with enough margin
-    # for the MTF kernel, blurred and sampled once per 10 m pixel.
-    sigmas = [psf.sigma_from_mtf(psf.S2_MTF[b], ref_res, ref_res / factor) for b in bands]
-    pad = factor * math.ceil(psf.kernel_margin(max(sigmas), factor) / factor)
-    fine = _Grid(
-        ref_crs_,
-        Affine(
-            ref_res / factor,
-            0,
-            origin[0] - pad * ref_res / factor,
-            0,
-            -ref_res / factor,
-            origin[1] + pad * ref_res / factor,
-        ),
-        (rows * factor + 2 * pad, cols * factor + 2 * pad),
+    _check_dtype(dtype)
+    scene = _scene(shape, bands, src_crs, src_offset, src_resolution, ref_crs, origin)
+    surface = functools.partial(_surface, seed)
+    src_data, src_cloud_data = _source(
+        scene,
+        surface,
+        seed=seed,
+        toa=toa,
+        shift=shift,
+        src_clouds=src_clouds,
+        nodata_border=nodata_border,
+        chunks=chunks,
+    )
+    truth_data = _source_truth(scene, surface, shift, nodata_border, chunks)
+    ref_data, ref_cloud_data = _reference(
+        scene, surface, seed=seed, ref_clouds=ref_clouds, chunks=chunks
     )
 
-    def fine_block(rows_, cols_):
-        x, y = fine.centres(rows_, cols_)
-        return _surface(seed, x, y)[idx]
-
-    fine_chunks = None if chunks is None else max(factor, chunks // factor * factor)
-    surface = _lazy_field(fine, nb, fine_chunks, fine_block, np.float32)
-    blurred = psf.degrade_array(surface, sigmas, factor)
-    p = pad // factor
-    blurred = blurred[:, p : p + rows, p : p + cols]
-    if chunks is not None:
-        assert isinstance(blurred, da.Array), "a chunked field stays lazy through the blur"
-        blurred = blurred.rechunk((nb, chunks, chunks))
-
-    def ref_block(rows_, cols_, values):
-        x, y = ref_grid.centres(rows_, cols_)
-        r = np.arange(rows_.start, rows_.stop)[:, None]
-        c = np.arange(cols_.start, cols_.stop)[None, :]
-        v = values + _REF_NOISE * _normal(seed, _S_REF_NOISE, np.arange(nb)[col], r, c)
-        alpha = _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)
-        return (1 - alpha) * v + alpha * cloud[col]
-
-    def ref_cloud_block(rows_, cols_):
-        x, y = ref_grid.centres(rows_, cols_)
-        return _cloud_opacity(seed, _S_REF_CLOUD, x, y, ref_clouds)[None] > 0
-
-    if chunks is None:
-        ref_data = ref_block(slice(0, rows), slice(0, cols), blurred).astype(np.float32)
-    else:
-
-        def _ref(values, block_info=None):
-            (r0, r1), (c0, c1) = block_info[0]["array-location"][1:]
-            return ref_block(slice(r0, r1), slice(c0, c1), values).astype(np.float32)
-
-        ref_data = da.map_blocks(
-            _ref, blurred, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
-        )
-
-    src_data = _lazy_field(src_grid, nb, chunks, src_block, np.float32)
-    truth_data = _lazy_field(src_grid, nb, chunks, truth_block, np.float32)
-    src_cloud_data = _lazy_field(src_grid, 1, chunks, src_cloud_block, bool)[0]
-    ref_cloud_data = _lazy_field(ref_grid, 1, chunks, ref_cloud_block, bool)[0]
-
-    src = _dataarray(src_data, src_grid, src_bands, "src")
-    ref = _dataarray(ref_data, ref_grid, ref_bands, "ref")
-    if dtype == "uint16":
-        src = _to_dn(src, 0.0)
-        ref = _to_dn(ref, _REF_ADD_OFFSET)
-    elif dtype != "float32":
-        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
-    else:
-        src = src.rio.write_nodata(np.nan, encoded=False)
-        ref = ref.rio.write_nodata(np.nan, encoded=False)
-    mask = _dataarray(ref_cloud_data, ref_grid, None, "cloud_mask")
-
-    mapping = None
-    if not toa:
-        a = np.linalg.inv(mixing) / gains[None, :]
-        mapping = np.concatenate([a, -(a @ offsets)[:, None]], axis=1)
+    src = _product(_dataarray(src_data, scene.src_grid, scene.src_bands, "src"), 0.0, dtype)
+    ref = _dataarray(ref_data, scene.ref_grid, scene.ref_bands, "ref")
+    ref = _product(ref, _REF_ADD_OFFSET, dtype)
+    mask = _dataarray(ref_cloud_data, scene.ref_grid, None, "cloud_mask")
     truth = Truth(
-        reflectance=_dataarray(truth_data, src_grid, ref_bands, "truth"),
-        mapping=mapping,
+        reflectance=_dataarray(truth_data, scene.src_grid, scene.ref_bands, "truth"),
+        mapping=_mapping(scene, toa),
         shift=(float(shift[0]), float(shift[1])),
-        src_clouds=_dataarray(src_cloud_data, src_grid, None, "src_clouds"),
+        src_clouds=_dataarray(src_cloud_data, scene.src_grid, None, "src_clouds"),
         ref_clouds=mask,
-        src_bands=src_bands,
-        ref_bands=ref_bands,
+        src_bands=scene.src_bands,
+        ref_bands=scene.ref_bands,
     )
     return SimulatedPair(src=src, ref=ref, mask=mask, truth=truth)
 
