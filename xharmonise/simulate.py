@@ -22,6 +22,7 @@ of it: ``Truth.mapping`` holds that function.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import math
 import threading
@@ -38,7 +39,15 @@ from pyproj import CRS, Transformer
 
 from xharmonise import psf
 
-__all__ = ["S2_BANDS", "SRC_BANDS", "SimulatedPair", "Truth", "simulate_pair"]
+__all__ = [
+    "S2_BANDS",
+    "SRC_BANDS",
+    "SimulatedPair",
+    "SimulatedSeries",
+    "Truth",
+    "simulate_pair",
+    "simulate_series",
+]
 
 #: Sentinel-2 bands the simulator knows (blue, green, red, NIR at 10 m).
 S2_BANDS = ("B2", "B3", "B4", "B8")
@@ -107,7 +116,7 @@ _S_PHENOLOGY, _S_HARVEST, _S_DATE = 10, 11, 12
 # exp(gain * amplitude * (g(t) - g(0))): exactly the static surface at the source date,
 # always positive, red falling and NIR rising as the canopy closes. The amplitude is per
 # class: crops move most, grass and forest barely, non-vegetation not at all.
-_GREENING_GAIN = np.array([-0.45, -0.25, -1.1, 0.55])
+_GREENING_GAIN = np.array([-0.6, -0.3, -1.4, 0.7])
 _GREENING = np.array([0.0, 1.0, 0.1, 0.0, 0.3, 0.0, 0.0])
 _GREENUP_MID = (-30.0, 30.0)  # days from the source date: mid-season spread over two months
 _GREENUP_WIDTH = (3.0, 6.0)  # days: a canopy closes over a few weeks (about 4 widths)
@@ -239,6 +248,71 @@ class SimulatedPair:
             out.rio.to_raster(path, tiled=True, lock=threading.Lock(), compress="deflate")
             paths[name] = path
         return paths
+
+
+@dataclass(frozen=True)
+class SimulatedSeries:
+    """A simulated source and a Sentinel-2 time series around its date, with their truth.
+
+    Returned by :func:`simulate_series`. The surface moves between dates: crops green up
+    (red falls, NIR rises) at their own pace, and some crop parcels may be harvested.
+    Everything the series shows is also known exactly here.
+
+    Attributes
+    ----------
+    src : xarray.DataArray
+        Pleiades-like source (band, y, x), as :attr:`SimulatedPair.src`, with a scalar
+        ``time`` coordinate: the source date.
+    ref : xarray.DataArray
+        Sentinel-2-like references (time, band, y, x) at 10 m, dates ascending, with a CRS.
+    mask : xarray.DataArray
+        Boolean (time, y, x) on the reference grid, True = masked cloud at that date.
+    truth : Truth
+        The truth at the source date, as :attr:`SimulatedPair.truth`: a prediction made
+        from ``src`` is scored against ``truth.reflectance``. Its ``ref_clouds`` is
+        ``mask``.
+    truth_at : xarray.DataArray
+        (time, band, y, x) on the source grid: the S2-band surface each source pixel would
+        have seen at each reference date, i.e. what the surface did between the dates.
+    changed : xarray.DataArray
+        Boolean (y, x) on the source grid: pixels of harvested parcels whose harvest falls
+        between the source date and at least one reference date. The gradual phenology is
+        not a change.
+    changed_ref : xarray.DataArray
+        Boolean (time, y, x) on the reference grid: pixels whose footprint overlaps a
+        parcel harvested between the source date and that date.
+
+    Examples
+    --------
+    >>> series = simulate_series((100, 100), days=(-3, 0, 2))
+    >>> series.ref.dims, series.mask.dims, series.truth_at.dims
+    (('time', 'band', 'y', 'x'), ('time', 'y', 'x'), ('time', 'band', 'y', 'x'))
+    >>> series.days, str(series.src_date)
+    ((-3, 0, 2), '2024-06-15T00:00:00.000000000')
+    """
+
+    src: xr.DataArray
+    ref: xr.DataArray
+    mask: xr.DataArray
+    truth: Truth
+    truth_at: xr.DataArray
+    changed: xr.DataArray
+    changed_ref: xr.DataArray
+
+    @property
+    def src_date(self) -> np.datetime64:
+        """The source acquisition date (datetime64[ns])."""
+        return np.datetime64(self.src["time"].values[()].item(), "ns")
+
+    @property
+    def dates(self) -> np.ndarray:
+        """The reference dates (datetime64[ns]), ascending."""
+        return self.ref["time"].values
+
+    @property
+    def days(self) -> tuple[int, ...]:
+        """The reference dates in whole days from the source date, ascending."""
+        return tuple(int(d) for d in (self.dates - self.src_date) // np.timedelta64(1, "D"))
 
 
 # --------------------------------------------------------------------------- hashing
@@ -855,6 +929,267 @@ def simulate_pair(
         ref_bands=scene.ref_bands,
     )
     return SimulatedPair(src=src, ref=ref, mask=mask, truth=truth)
+
+
+def simulate_series(
+    shape: tuple[int, int] = (1000, 1000),
+    *,
+    seed: int = 0,
+    src_date: str | np.datetime64 | datetime.date = "2024-06-15",
+    days: Sequence[int] = (-10, -4, -1, 3, 8),
+    ref_clouds: float | Sequence[float] = 0.0,
+    harvest_day: int | None = None,
+    harvest_fraction: float = 0.15,
+    bands: Sequence[str] = S2_BANDS,
+    toa: bool = False,
+    shift: tuple[float, float] = (0.0, 0.0),
+    src_clouds: float = 0.0,
+    nodata_border: int = 0,
+    src_crs: str | int | None = None,
+    src_offset: tuple[float, float] = (0.0, 0.0),
+    src_resolution: float = 2.0,
+    dtype: str = "float32",
+    chunks: int | None = None,
+    ref_crs: str | int = "EPSG:32631",
+    origin: tuple[float, float] = (500000.0, 4800000.0),
+) -> SimulatedSeries:
+    """Simulate a Pleiades-like source and Sentinel-2-like references at several dates.
+
+    The place and the sensors are those of :func:`simulate_pair` with the same options;
+    the surface changes with time. Crop parcels green up along a logistic curve whose
+    middle and pace are drawn per parcel (red falls, NIR rises over a few weeks; grass and
+    forest move a little, other classes not at all), and with ``harvest_day`` a fraction
+    of them turn to bare soil. At the source date the surface is exactly
+    :func:`simulate_pair`'s (with the harvest already done when ``harvest_day < 0``), and
+    a reference at day 0 is :func:`simulate_pair`'s reference, its noise and clouds
+    included. Each other date has its own noise and cloud field.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Source size (rows, columns) in source pixels.
+    seed : int
+        Everything is a deterministic function of the seed, the position and the date.
+    src_date : str, numpy.datetime64 or datetime.date
+        The source acquisition date.
+    days : sequence of int
+        Reference dates in days from ``src_date`` (0 allowed), distinct; returned in
+        ascending order.
+    ref_clouds : float or sequence of float
+        Approximate fraction of the scene under masked reference clouds: one value for all
+        dates, or one per date in the order of ``days``.
+    harvest_day : int, optional
+        Harvest a fraction of the crop parcels between the source date and this day: bare
+        soil at dates ``>= harvest_day`` when positive; when negative, bare at the source
+        date and at dates ``> harvest_day``, still crop at dates ``<= harvest_day``. None
+        (default): no harvest. 0 is refused (the harvest must fall between two dates).
+    harvest_fraction : float
+        Fraction of the crop parcels harvested, in [0, 1].
+    bands, toa, shift, src_clouds, nodata_border, src_crs, src_offset, src_resolution, \
+dtype, chunks, ref_crs, origin
+        As for :func:`simulate_pair`. With ``chunks``, every array is Dask-backed and lazy
+        (one date per chunk along ``time``), and equal to the unchunked one.
+
+    Returns
+    -------
+    SimulatedSeries
+        ``src``, ``ref`` (time, band, y, x), ``mask`` (time, y, x), ``truth`` at the
+        source date, ``truth_at`` every reference date, and where the harvest changed the
+        surface: ``changed`` (source grid) and ``changed_ref`` (reference grid, per date).
+
+    Raises
+    ------
+    ValueError
+        For empty, repeated or fractional ``days``, a ``ref_clouds`` sequence of the
+        wrong length, ``harvest_day=0``, a ``harvest_fraction`` outside [0, 1], an unknown
+        ``dtype`` or an unreadable ``src_date``.
+
+    Examples
+    --------
+    >>> series = simulate_series((100, 100), seed=1, days=(4, -6), ref_clouds=(0.0, 0.3))
+    >>> series.ref.sizes["time"], series.days
+    (2, (-6, 4))
+    >>> series.mask.any(("y", "x")).values  # the clouds follow their date
+    array([ True, False])
+
+    The surface moved between the dates: crops grew, their NIR rose.
+
+    >>> nir = series.truth_at.sel(band="B8") - series.truth.reflectance.sel(band="B8")
+    >>> bool(nir[0].min() < -0.02), bool(nir[1].max() > 0.02)  # before, after the source
+    (True, True)
+    """
+    _check_dtype(dtype)
+    order, clouds = _series_dates(days, ref_clouds)
+    if harvest_day is not None and harvest_day == 0:
+        raise ValueError(
+            "harvest_day=0 puts the harvest on the source date itself: give the day after "
+            "which the parcels are bare (> 0), or before which they were crop (< 0)"
+        )
+    if not 0.0 <= harvest_fraction <= 1.0:
+        raise ValueError(f"harvest_fraction must be in [0, 1], got {harvest_fraction}")
+    try:
+        t0 = np.asarray(src_date, dtype="datetime64[ns]")[()]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"src_date {src_date!r} is not a date; give e.g. '2024-06-15'") from err
+    dates = t0 + np.array(order, dtype=np.int64) * np.timedelta64(1, "D")
+
+    scene = _scene(shape, bands, src_crs, src_offset, src_resolution, ref_crs, origin)
+    season = _Season(harvest_day, harvest_fraction)
+
+    def surface_on(day: int) -> _Surface:
+        return functools.partial(_surface, seed, season=season, day=day)
+
+    src_data, src_cloud_data = _source(
+        scene,
+        surface_on(0),
+        seed=seed,
+        toa=toa,
+        shift=shift,
+        src_clouds=src_clouds,
+        nodata_border=nodata_border,
+        chunks=chunks,
+    )
+    truth_data = _source_truth(scene, surface_on(0), shift, nodata_border, chunks)
+
+    refs, masks, truths = [], [], []
+    for day, fraction in zip(order, clouds, strict=True):
+        ref_data, cloud_data = _reference(
+            scene, surface_on(day), seed=_date_seed(seed, day), ref_clouds=fraction, chunks=chunks
+        )
+        ref_d = _dataarray(ref_data, scene.ref_grid, scene.ref_bands, "ref")
+        refs.append(_product(ref_d, _REF_ADD_OFFSET, dtype))
+        masks.append(_dataarray(cloud_data, scene.ref_grid, None, "cloud_mask"))
+        at = (
+            truth_data
+            if day == 0
+            else _source_truth(scene, surface_on(day), shift, nodata_border, chunks)
+        )
+        truths.append(_dataarray(at, scene.src_grid, scene.ref_bands, "truth"))
+
+    def over_time(arrays: list[xr.DataArray]) -> xr.DataArray:
+        return xr.concat(arrays, dim="time").assign_coords(time=dates)
+
+    # A date shows the harvest's change iff it lies on the other side of it from the source.
+    across = [season.bare(day) != season.bare(0) for day in order]
+    changed_src, changed_fine = _harvest_fields(
+        scene, seed, season, shift, nodata_border, chunks, any(across)
+    )
+
+    src = _product(_dataarray(src_data, scene.src_grid, scene.src_bands, "src"), 0.0, dtype)
+    mask = over_time(masks)
+    truth_now = _dataarray(truth_data, scene.src_grid, scene.ref_bands, "truth")
+    truth = Truth(
+        reflectance=truth_now.assign_coords(time=t0),
+        mapping=_mapping(scene, toa),
+        shift=(float(shift[0]), float(shift[1])),
+        src_clouds=_dataarray(src_cloud_data, scene.src_grid, None, "src_clouds"),
+        ref_clouds=mask,
+        src_bands=scene.src_bands,
+        ref_bands=scene.ref_bands,
+    )
+    changed_ref = _dataarray(changed_fine, scene.ref_grid, None, "changed")
+    return SimulatedSeries(
+        src=src.assign_coords(time=t0),
+        ref=over_time(refs),
+        mask=mask,
+        truth=truth,
+        truth_at=over_time(truths),
+        changed=_dataarray(changed_src, scene.src_grid, None, "changed"),
+        changed_ref=over_time([changed_ref & a for a in across]),
+    )
+
+
+def _series_dates(
+    days: Sequence[int], ref_clouds: float | Sequence[float]
+) -> tuple[list[int], list[float]]:
+    """The reference days in ascending order, and the cloud fraction of each."""
+    days = list(days)
+    if not days:
+        raise ValueError("days is empty: give at least one reference date, e.g. days=(0,)")
+    whole = [int(d) for d in days]
+    if whole != days:
+        raise ValueError(f"days must be whole numbers of days, got {days}")
+    if len(set(whole)) != len(whole):
+        raise ValueError(f"days must be distinct, got {days}")
+    # A NumPy scalar is a fraction too; anything with a length is one per date.
+    per_date = np.ravel(np.asarray(ref_clouds, dtype=float)).tolist()
+    if np.ndim(ref_clouds) == 0:
+        clouds = per_date * len(whole)
+    else:
+        clouds = per_date
+        if len(clouds) != len(whole):
+            raise ValueError(
+                f"ref_clouds has {len(clouds)} values for {len(whole)} days: give one per "
+                "date, in the order of days, or a single fraction for all"
+            )
+    pairs = sorted(zip(whole, clouds, strict=True))
+    return [d for d, _ in pairs], [c for _, c in pairs]
+
+
+def _date_seed(seed: int, day: int) -> int:
+    # Noise and clouds of each reference date come from their own seed; the source date's
+    # reference keeps simulate_pair's, so a day-0 reference is simulate_pair's reference.
+    return seed if day == 0 else int(_hash(seed, _S_DATE, day))
+
+
+def _harvest_fields(
+    scene: _Scene,
+    seed: int,
+    season: _Season,
+    shift: tuple[float, float],
+    nodata_border: int,
+    chunks: int | None,
+    visible: bool,
+) -> tuple[np.ndarray | da.Array, np.ndarray | da.Array]:
+    """Harvested parcels (y, x) on the source grid and, by any overlap, the reference grid.
+
+    Where no reference date falls across the harvest (``visible`` False) nothing changed
+    and both are all False, without evaluating the surface.
+    """
+    factor = _FACTOR
+
+    def on_src(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = scene.src_world(rows_, cols_)
+        harvested = _surface_layers(seed, x - shift[0], y - shift[1], season, 0.0)[1]
+        assert harvested is not None, "a season always reports its harvest"
+        valid = _src_valid(scene.src_grid.shape, nodata_border, rows_, cols_)
+        return (harvested & valid & visible)[None]
+
+    # The 2 m reference sub-grid, in phase with the 10 m pixels (the fine grid unpadded).
+    t = scene.ref_grid.transform
+    sub = _Grid(
+        scene.ref_grid.crs,
+        Affine(t.a / factor, 0, t.c, 0, t.e / factor, t.f),
+        (scene.ref_grid.shape[0] * factor, scene.ref_grid.shape[1] * factor),
+    )
+
+    def on_sub(rows_: slice, cols_: slice) -> np.ndarray:
+        x, y = sub.centres(rows_, cols_)
+        harvested = _surface_layers(seed, x, y, season, 0.0)[1]
+        assert harvested is not None, "a season always reports its harvest"
+        return (harvested & visible)[None]
+
+    def on_ref(rows_: slice, cols_: slice) -> np.ndarray:
+        h, w = rows_.stop - rows_.start, cols_.stop - cols_.start
+        if not visible:
+            return np.zeros((1, h, w), bool)
+        fine = _by_slabs(
+            on_sub,
+            slice(rows_.start * factor, rows_.stop * factor),
+            slice(cols_.start * factor, cols_.stop * factor),
+            1,
+            bool,
+        )
+        return np.asarray(fine.reshape(1, h, factor, w, factor).any(axis=(2, 4)))
+
+    def on_src_or_none(rows_: slice, cols_: slice) -> np.ndarray:
+        if not visible:
+            return np.zeros((1, rows_.stop - rows_.start, cols_.stop - cols_.start), bool)
+        return on_src(rows_, cols_)
+
+    src = _lazy_field(scene.src_grid, 1, chunks, on_src_or_none, bool)[0]
+    ref = _lazy_field(scene.ref_grid, 1, chunks, on_ref, bool)[0]
+    return src, ref
 
 
 def _to_dn(arr: xr.DataArray, add_offset: float) -> xr.DataArray:
