@@ -66,3 +66,28 @@ def test_loss_selection() -> None:
     assert float(model_loss(pred, var, target)) == float(gaussian_nll(pred, var, target))
     with pytest.raises(ValueError, match="variance"):
         nll(pred, None, target)
+
+
+@pytest.mark.parametrize("variance", [False, True])
+def test_masked_losses_ignore_nan_targets_and_give_them_no_gradient(variance: bool) -> None:
+    pred, var, target = (torch.from_numpy(a) for a in _random((6, 4, 8, 8), 3))
+    masked_target = target.clone()
+    hidden = torch.rand(masked_target.shape, generator=torch.Generator().manual_seed(0)) < 0.4
+    masked_target[hidden] = float("nan")
+    p = pred.clone().requires_grad_(True)
+    loss = loss_function(variance, masked=True)(p, var if variance else None, masked_target)
+    loss.backward()
+    assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert (p.grad[hidden] == 0).all() and (p.grad[~hidden] != 0).all()
+    # The value is the plain loss on the valid elements alone.
+    keep = ~hidden
+    plain = loss_function(variance)(pred[keep], var[keep] if variance else None, target[keep])
+    assert float(loss.detach()) == pytest.approx(float(plain), rel=1e-12)
+
+
+@pytest.mark.parametrize("variance", [False, True])
+def test_masked_losses_equal_the_plain_ones_without_nan(variance: bool) -> None:
+    pred, var, target = (torch.from_numpy(a) for a in _random((5, 3, 4, 4), 4))
+    v = var if variance else None
+    masked = loss_function(variance, masked=True)(pred, v, target)
+    assert float(masked) == pytest.approx(float(loss_function(variance)(pred, v, target)))

@@ -27,27 +27,45 @@ def cloudy_pair():
     return simulate_pair((800, 800), seed=11, src_clouds=0.0, ref_clouds=0.25, nodata_border=40)
 
 
-def test_no_sampled_patch_has_nodata_or_cloud(backend):
+def test_sampled_patches_have_no_nodata_and_their_clouds_are_masked_per_pixel(backend):
     pair = simulate_pair(
         (800, 800), seed=11, ref_clouds=0.25, nodata_border=40, chunks=chunks_for(backend)
     )
     g, aligned, coarse, index = _prepare(pair)
     counts = index.counts
     assert counts["valid"] > 5 and counts["nodata"] > 0 and counts["cloudy"] > 0
+    assert counts["partial"] > 0
     train, test = sampling.split_patches(index, seed=0)
     cells = np.concatenate([train, test])
     assert len(cells) == counts["valid"]
     truth_mask = pair.truth.ref_clouds.isel(y=g.ref_rows, x=g.ref_cols).values
     patches = sampling.gather(index, cells, coarse=coarse, src=aligned, factor=5, margin=8)
-    assert np.isfinite(patches.src).all() and np.isfinite(patches.ref).all()
-    assert np.isfinite(patches.src_full).all()
+    assert np.isfinite(patches.src).all() and np.isfinite(patches.src_full).all()
     r0, c0 = index.origin(cells[:, 0], cells[:, 1])
-    for r, c in zip(r0, c0, strict=True):
-        assert not truth_mask[r : r + 16, c : c + 16].any()
-    # Every rejected-for-cloud patch really holds cloud.
+    for k, (r, c) in enumerate(zip(r0, c0, strict=True)):
+        cloud = truth_mask[r : r + 16, c : c + 16]
+        labelled = np.isfinite(patches.ref[k]).all(axis=0)
+        # Every cloudy pixel is masked; at least MIN_CLEAR of the patch is labelled.
+        assert not (cloud & labelled).any()
+        assert labelled.mean() >= sampling.MIN_CLEAR
+        # The NaNs are exactly the unclear pixels, all bands at once.
+        np.testing.assert_array_equal(np.isnan(patches.ref[k]).any(axis=0), ~labelled)
+        np.testing.assert_array_equal(labelled, index.clear[r : r + 16, c : c + 16])
+    # Every patch rejected for cloud really is mostly cloudy.
     for r, c in np.argwhere(index.cloudy):
         (rr,), (cc,) = index.origin(np.array([r]), np.array([c]))
-        assert truth_mask[rr : rr + 16, cc : cc + 16].any()
+        assert truth_mask[rr : rr + 16, cc : cc + 16].mean() > 1 - sampling.MIN_CLEAR
+
+
+def test_cloud_margin_masks_the_pixels_next_to_a_cloud():
+    ok = np.ones((40, 40), bool)
+    cloud = np.zeros((40, 40), bool)
+    cloud[20, 20] = True
+    coarse = sampling.Coarse(ok, ok, cloud, np.zeros((1, 40, 40)), np.zeros((1, 40, 40)))
+    for margin, masked in ((0, 1), (1, 5), (2, 13)):
+        index = sampling.patch_validity(coarse, patch_size=8, ring=0, cloud_margin=margin)
+        assert (~index.clear).sum() == masked  # a disk: 1, 1 + 4, 1 + 4 + 4 + 4
+        assert index.counts["valid"] == 25 and index.counts["partial"] == 1
 
 
 def test_numpy_and_dask_give_identical_samples(cloudy_pair):
@@ -92,7 +110,7 @@ def test_all_cloudy_raises_with_counts():
     ref_c = ref.isel(y=g.ref_rows, x=g.ref_cols)
     cloud = ref_c.isel(band=0) > -1  # everything flagged
     coarse = sampling.reduce_to_reference(aligned, ref_c, cloud, factor=5, sigmas=SIGMAS)
-    with pytest.raises(NoValidPatchesError, match="hold cloud") as err:
+    with pytest.raises(NoValidPatchesError, match="25% clear of cloud") as err:
         sampling.patch_validity(coarse, patch_size=16)
     assert err.value.total > 0 and err.value.cloudy == err.value.total
 

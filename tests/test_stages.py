@@ -79,7 +79,7 @@ def test_training_data_is_gathered_once_per_split_for_what_the_method_trains_on(
         np.testing.assert_array_equal(d.train_cells, data["linear"].train_cells)
         np.testing.assert_array_equal(d.test_cells, data["linear"].test_cells)
         np.testing.assert_array_equal(d.train.ref, data["linear"].train.ref)
-        assert d.counts["cloudy"] > 0
+        assert d.counts["partial"] > 0
     d = data["linear"]
     cells = {tuple(c) for c in d.train_cells}
     assert not cells & {tuple(c) for c in d.test_cells}

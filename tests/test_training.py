@@ -250,3 +250,34 @@ def test_devices_and_budgets() -> None:
     res = train(_small_calibnet(), tr, va, iterations=1, batch_size=2, progress=False)
     # An explicit patch batch means whole patches' worth of pixels for CalibNet.
     assert res.config.pixels_per_step == 2 * 8 * 8
+
+
+@pytest.mark.parametrize("method", ["calibnet", "convcalibnet"])
+def test_masked_reference_pixels_are_left_out_of_training(method: str) -> None:
+    # Half the targets are masked (NaN): training ignores them and learns from the rest
+    # about as well as from every target.
+    tr, va = _quadratic_sets()
+    cloud = np.random.default_rng(1).random(tr.ref.shape[:1] + tr.ref.shape[2:]) < 0.5
+    cloud = np.broadcast_to(cloud[:, None], tr.ref.shape)
+    masked = PatchSet(tr.src, np.where(cloud, np.float32(np.nan), tr.ref))
+    masked_val = PatchSet(va.src, np.where(cloud[: len(va)], np.float32(np.nan), va.ref))
+    options = dict(FAST, iterations=200, batch_size=8) if method == "convcalibnet" else FAST
+    losses = {}
+    for name, sets in (("clean", (tr, va)), ("masked", (masked, masked_val))):
+        net = build_model(method, 3, hidden=32, seed=0)
+        before = _val_loss(net, va)
+        res = train(net, *sets, **options)
+        assert np.isfinite(res.best_val_loss) and np.isfinite(res.history["train_loss"]).all()
+        losses[name] = _val_loss(net, va)
+        assert losses[name] < 0.7 * before
+    assert losses["masked"] < 1.5 * losses["clean"]
+
+
+def test_reference_masked_everywhere_or_infinite_is_refused() -> None:
+    tr, va = _quadratic_sets()
+    with pytest.raises(ValueError, match="masked"):
+        train(_small_calibnet(), PatchSet(tr.src, np.full_like(tr.ref, np.nan)), va, **FAST)
+    bad = tr.ref.copy()
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        train(_small_calibnet(), PatchSet(tr.src, bad), va, **FAST)

@@ -233,7 +233,9 @@ class FitReport:
     history : dict
         Training curves (empty for methods without a network).
     patches : dict
-        Patch counts: total, valid, nodata, cloudy, train, test.
+        Patch counts: total, valid, nodata, cloudy (less than
+        :data:`~xharmonise.sampling.MIN_CLEAR` clear), partial (valid but partly masked),
+        train, test.
     samples : dict of numpy.ndarray
         A random subset of the test-split pixels at the reference resolution, (pixel,
         band) float32 per stage: ``target`` (the reference), ``initial``, ``linear``,
@@ -952,7 +954,8 @@ def _model(
     report = FitReport(
         metrics=metrics,
         history=r["history"],
-        patches=r["patches"],
+        # Files from before per-pixel masks: a patch was used whole or not at all.
+        patches={"partial": 0, **r["patches"]} if "valid" in r["patches"] else r["patches"],
         samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
         shift_estimate=shift_estimate,
         versions=r["versions"],

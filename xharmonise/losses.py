@@ -4,6 +4,12 @@ Reflectances span an order of magnitude between dark (water, vegetation in the v
 and bright (soil, NIR) surfaces; the relative error weights them evenly instead of letting
 bright pixels dominate as a squared error would. With a variance head the network is
 trained by the heteroscedastic Gaussian negative log-likelihood (Nix & Weigend 1994).
+
+Masked (cloudy) reference pixels arrive as NaN targets. The ``masked`` losses leave them
+out: their terms are computed against a finite stand-in and weighted by zero, so that no
+NaN reaches a gradient, and the mean is over the valid elements. Without NaN they equal
+the plain losses to float rounding; the plain ones are kept for data known to be clear
+(checking every batch for NaN would cost a device sync per step on a GPU).
 """
 
 from __future__ import annotations
@@ -12,13 +18,22 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["LossFn", "gaussian_nll", "loss_function", "model_loss", "relative_error"]
+__all__ = [
+    "LossFn",
+    "gaussian_nll",
+    "loss_function",
+    "masked_mean",
+    "model_loss",
+    "relative_error",
+]
 
 #: Loss signature shared by both criteria: ``loss(pred, var, target) -> scalar``.
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
-def relative_error(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def relative_error(
+    pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3, *, masked: bool = False
+) -> torch.Tensor:
     """Mean relative absolute error ``mean(|t - p| / (|t| + eps))``.
 
     Parameters
@@ -27,6 +42,8 @@ def relative_error(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) 
         Predictions and reference values, same shape.
     eps : float, default 1e-3
         Keeps the ratio finite for (near-)zero reflectances.
+    masked : bool, default False
+        Leave out the elements whose target is NaN (masked reference pixels).
 
     Returns
     -------
@@ -38,11 +55,54 @@ def relative_error(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) 
     >>> import torch
     >>> round(float(relative_error(torch.tensor([1.1]), torch.tensor([1.0]), eps=0.0)), 6)
     0.1
+    >>> t = torch.tensor([1.0, float("nan")])
+    >>> round(float(relative_error(torch.tensor([1.1, 5.0]), t, eps=0.0, masked=True)), 6)
+    0.1
     """
+    if masked:
+        return masked_mean(lambda t: (t - pred).abs() / (t.abs() + eps), pred, target)
     return ((target - pred).abs() / (target.abs() + eps)).mean()
 
 
-def gaussian_nll(pred: torch.Tensor, var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def masked_mean(
+    terms: Callable[[torch.Tensor], torch.Tensor], pred: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``terms(target)`` over the elements whose target is not NaN.
+
+    NaN targets are replaced by the (detached) prediction before ``terms`` sees them and
+    their terms weighted by zero, so their gradient is exactly zero, not NaN. With no
+    valid element the mean is 0.
+
+    Parameters
+    ----------
+    terms : callable
+        Per-element loss terms given a finite target.
+    pred, target : torch.Tensor
+        Predictions and targets (NaN = masked), same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> loss = masked_mean(lambda t: (t - p).square(), p, torch.tensor([0.0, float("nan")]))
+    >>> loss.backward()
+    >>> float(loss.detach()), (p.grad + 0.0).tolist()  # + 0.0: -0.0 prints as 0.0
+    (1.0, [2.0, 0.0])
+    """
+    valid = ~torch.isnan(target)
+    weight = valid.to(pred.dtype)
+    finite = torch.where(valid, target, pred.detach())
+    return (terms(finite) * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def gaussian_nll(
+    pred: torch.Tensor, var: torch.Tensor, target: torch.Tensor, *, masked: bool = False
+) -> torch.Tensor:
     """Gaussian negative log-likelihood ``mean((t - p)² / (2σ²) + ½ ln σ²)``.
 
     The constant ``½ ln 2π`` is left out: it changes neither gradients nor comparisons.
@@ -55,6 +115,8 @@ def gaussian_nll(pred: torch.Tensor, var: torch.Tensor, target: torch.Tensor) ->
         Predicted variances σ² > 0, same shape.
     target : torch.Tensor
         Reference values, same shape.
+    masked : bool, default False
+        Leave out the elements whose target is NaN (masked reference pixels).
 
     Returns
     -------
@@ -67,6 +129,10 @@ def gaussian_nll(pred: torch.Tensor, var: torch.Tensor, target: torch.Tensor) ->
     >>> float(gaussian_nll(torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)))
     2.0
     """
+    if masked:
+        return masked_mean(
+            lambda t: (t - pred).square() / (2.0 * var) + 0.5 * torch.log(var), pred, target
+        )
     return ((target - pred).square() / (2.0 * var) + 0.5 * torch.log(var)).mean()
 
 
@@ -76,19 +142,37 @@ def _relative_error_loss(
     return relative_error(pred, target)
 
 
+def _masked_relative_error_loss(
+    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
+) -> torch.Tensor:
+    return relative_error(pred, target, masked=True)
+
+
 def _nll_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+    return gaussian_nll(pred, _needs(var), target)
+
+
+def _masked_nll_loss(
+    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
+) -> torch.Tensor:
+    return gaussian_nll(pred, _needs(var), target, masked=True)
+
+
+def _needs(var: torch.Tensor | None) -> torch.Tensor:
     if var is None:
         raise ValueError("the Gaussian NLL needs a variance; build the model with variance=True")
-    return gaussian_nll(pred, var, target)
+    return var
 
 
-def loss_function(variance: bool) -> LossFn:
+def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
     """The training criterion for a model with or without a variance head.
 
     Parameters
     ----------
     variance : bool
         Whether the model predicts σ².
+    masked : bool, default False
+        Whether targets may hold NaN (masked reference pixels) to leave out.
 
     Returns
     -------
@@ -103,6 +187,8 @@ def loss_function(variance: bool) -> LossFn:
     >>> float(loss(torch.ones(2), None, torch.ones(2)))
     0.0
     """
+    if masked:
+        return _masked_nll_loss if variance else _masked_relative_error_loss
     return _nll_loss if variance else _relative_error_loss
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "SCL_CLOUD_CLASSES",
     "cloud_mask_from_clm",
     "cloud_mask_from_scl",
+    "dilate_mask",
 ]
 
 #: Sen2Cor scene classification codes (Sentinel-2 L2A product specification).
@@ -441,11 +442,20 @@ def _reproject(flags: xr.DataArray, target: GeoBox) -> xr.DataArray:
     return (out != 0).drop_vars([c for c in out.coords if c not in ("y", "x")])
 
 
-def _dilate_block(block: np.ndarray, radius: int) -> np.ndarray:
+def dilate_mask(block: np.ndarray, radius: int) -> np.ndarray:
     """Pixels within ``radius`` (Euclidean, centre to centre) of a True pixel.
 
     From the distance transform, so the cost does not grow with the radius as a disk
     footprint's would. Distances are square roots of integers: exact at the radius.
+
+    Examples
+    --------
+    >>> block = np.zeros((3, 5), bool)
+    >>> block[1, 2] = True
+    >>> dilate_mask(block, 1).astype(int)
+    array([[0, 0, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 0, 0]])
     """
     if not block.any():
         return block.astype(bool, copy=True)
@@ -461,7 +471,7 @@ def _dilated(mask: xr.DataArray, pixels: int) -> xr.DataArray:
         # Each chunk sees `pixels` neighbours from the next (at most the whole image,
         # which is all a larger disk can reach); outside the image is clear.
         grown = data.map_overlap(
-            _dilate_block,
+            dilate_mask,
             depth={axis: min(int(pixels), n) for axis, n in enumerate(data.shape)},
             boundary="none",
             dtype=bool,
@@ -469,5 +479,5 @@ def _dilated(mask: xr.DataArray, pixels: int) -> xr.DataArray:
             radius=int(pixels),
         )
     else:
-        grown = _dilate_block(np.asarray(data), int(pixels))
+        grown = dilate_mask(np.asarray(data), int(pixels))
     return mask.copy(data=grown)

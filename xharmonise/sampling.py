@@ -1,10 +1,13 @@
 """Training patches: lazy validity, seeded split, and gathering of the chosen patches only.
 
 Patches are non-overlapping ``patch_size x patch_size`` squares of the reference grid.
-A patch is kept when every reference pixel is finite, no cloud touches it, and every
+A patch is kept when every reference pixel is finite, at least :data:`MIN_CLEAR` of its
+reference pixels are clear of the cloud mask (dilated by ``cloud_margin``), and every
 source pixel that the learnable BCNet filter can reach (the patch plus ``ring`` reference
-pixels around it) is finite. The same patches serve every method so that their metrics
-compare like with like.
+pixels around it) is finite. Clouds are masked per pixel: the masked reference pixels of a
+kept patch are NaN in the gathered patches, and the losses, the linear fit and the metrics
+leave them out. The same patches serve every method so that their metrics compare like
+with like.
 
 Only reductions at reference resolution are ever computed whole (they are ``factor**2``
 times smaller than the source); full-resolution source data is read patch by patch.
@@ -22,8 +25,10 @@ import xarray as xr
 
 from xharmonise import psf
 from xharmonise.errors import InputValueError, NoOverlapError, NoValidPatchesError
+from xharmonise.masks import dilate_mask
 
 __all__ = [
+    "MIN_CLEAR",
     "Coarse",
     "PatchIndex",
     "Patches",
@@ -37,6 +42,11 @@ __all__ = [
 # Beyond this magnitude a value is no reflectance but an undeclared no-data fill.
 _MAX_ABS = 1e6
 
+#: The fraction of a patch's reference pixels that must be clear of the (dilated) cloud
+#: mask for the patch to be used. Below it a patch costs a full patch of computation
+#: (BCNet reads its whole source window) for a few labelled pixels.
+MIN_CLEAR = 0.25
+
 
 @dataclass
 class PatchIndex:
@@ -47,9 +57,13 @@ class PatchIndex:
     valid : numpy.ndarray
         Boolean (rows, cols) over the patch grid.
     nodata, cloudy : numpy.ndarray
-        Boolean (rows, cols): patches rejected for no-data, for cloud (both can hold).
+        Boolean (rows, cols): patches rejected for no-data, for too much cloud (less than
+        :data:`MIN_CLEAR` of their pixels clear; both can hold).
     patch_size, ring : int
         Patch side and margin, in reference pixels.
+    clear : numpy.ndarray or None
+        Boolean (Y, X) over the reference grid: the pixels clear of the dilated cloud
+        mask, which alone the fit learns from and is scored on; None without a mask.
 
     Examples
     --------
@@ -59,7 +73,7 @@ class PatchIndex:
     >>> cloudy[0, 1] = True
     >>> index = PatchIndex(~cloudy, clear, cloudy, patch_size=32, ring=2)
     >>> index.counts
-    {'total': 6, 'valid': 5, 'nodata': 0, 'cloudy': 1}
+    {'total': 6, 'valid': 5, 'nodata': 0, 'cloudy': 1, 'partial': 0}
     """
 
     valid: np.ndarray
@@ -67,16 +81,26 @@ class PatchIndex:
     cloudy: np.ndarray
     patch_size: int
     ring: int
+    clear: np.ndarray | None = None
 
     @property
     def counts(self) -> dict[str, int]:
-        """Total, valid, no-data and cloudy patch counts."""
+        """Total, valid, no-data and cloudy patch counts, and the valid patches that are
+        partly masked (``partial``)."""
         return {
             "total": int(self.valid.size),
             "valid": int(self.valid.sum()),
             "nodata": int(self.nodata.sum()),
             "cloudy": int(self.cloudy.sum()),
+            "partial": int((self.valid & self.partial).sum()),
         }
+
+    @property
+    def partial(self) -> np.ndarray:
+        """Boolean (rows, cols): patches holding at least one masked pixel."""
+        if self.clear is None:
+            return np.zeros_like(self.valid)
+        return _patch_any(~self.clear, self.patch_size, self.ring, 0)
 
     def origin(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reference-pixel row/col of the upper-left corner of patches.
@@ -107,6 +131,11 @@ def _block_all_finite(src: xr.DataArray, factor: int):
 
 def _patch_any(bad: np.ndarray, size: int, ring: int, grow: int) -> np.ndarray:
     """Whether any True lies in each patch grown by ``grow`` pixels on every side."""
+    return _patch_count(bad, size, ring, grow) > 0
+
+
+def _patch_count(bad: np.ndarray, size: int, ring: int, grow: int) -> np.ndarray:
+    """How many True lie in each patch grown by ``grow`` pixels on every side."""
     ny, nx = bad.shape
     rows, cols = (ny - 2 * ring) // size, (nx - 2 * ring) // size
     # An integral image answers every (possibly overlapping) window sum in O(1).
@@ -116,8 +145,7 @@ def _patch_any(bad: np.ndarray, size: int, ring: int, grow: int) -> np.ndarray:
     r1 = np.clip(ring + (np.arange(rows) + 1) * size + grow, 0, ny)
     c0 = np.clip(ring + np.arange(cols) * size - grow, 0, nx)
     c1 = np.clip(ring + (np.arange(cols) + 1) * size + grow, 0, nx)
-    total = integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
-    return total > 0
+    return integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
 
 
 @dataclass
@@ -143,7 +171,7 @@ class Coarse:
     >>> ok = np.ones((40, 40), bool)
     >>> coarse = Coarse(ok, ok, None, np.zeros((4, 40, 40)), np.zeros((4, 40, 40)))
     >>> patch_validity(coarse, patch_size=8).counts
-    {'total': 16, 'valid': 16, 'nodata': 0, 'cloudy': 0}
+    {'total': 16, 'valid': 16, 'nodata': 0, 'cloudy': 0, 'partial': 0}
     """
 
     src_ok: np.ndarray
@@ -245,8 +273,16 @@ def reduce_to_reference(
     )
 
 
-def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> PatchIndex:
-    """Classify every patch of the reference grid as valid, no-data or cloudy.
+def patch_validity(
+    coarse: Coarse,
+    *,
+    patch_size: int = 32,
+    ring: int = 2,
+    cloud_margin: int = 0,
+    min_clear: float = MIN_CLEAR,
+) -> PatchIndex:
+    """Classify every patch of the reference grid as valid, no-data or cloudy, and every
+    reference pixel as clear or masked.
 
     Parameters
     ----------
@@ -257,6 +293,11 @@ def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> Pa
     ring : int
         Reference pixels around each patch whose source data must be valid too (room
         for the BCNet filter); the patch grid starts ``ring`` pixels in.
+    cloud_margin : int
+        Reference pixels the cloud mask is grown by (a disk): the reference's own blur
+        spreads a cloud's brightness over its neighbours, which the mask does not flag.
+    min_clear : float
+        The fraction of a patch's pixels that must be clear for the patch to be used.
 
     Returns
     -------
@@ -287,18 +328,21 @@ def patch_validity(coarse: Coarse, *, patch_size: int = 32, ring: int = 2) -> Pa
     nodata = _patch_any(~coarse.src_ok, patch_size, ring, ring) | _patch_any(
         ~coarse.ref_ok, patch_size, ring, 0
     )
-    cloudy = (
-        _patch_any(coarse.cloud, patch_size, ring, 0)
-        if coarse.cloud is not None
-        else np.zeros_like(nodata)
-    )
-    index = PatchIndex(~(nodata | cloudy), nodata, cloudy, patch_size, ring)
+    clear = None
+    cloudy = np.zeros_like(nodata)
+    if coarse.cloud is not None:
+        masked = np.asarray(coarse.cloud, dtype=bool)
+        if cloud_margin > 0:
+            masked = dilate_mask(masked, cloud_margin)
+        clear = ~masked
+        cloudy = _patch_count(masked, patch_size, ring, 0) > (1.0 - min_clear) * patch_size**2
+    index = PatchIndex(~(nodata | cloudy), nodata, cloudy, patch_size, ring, clear)
     counts = index.counts
     if counts["valid"] == 0:
         raise NoValidPatchesError(
             f"none of the {counts['total']} patches is usable ({counts['nodata']} hold "
-            f"no-data, {counts['cloudy']} hold cloud): give a clearer pair, a smaller "
-            "patch_size or a mask that covers less",
+            f"no-data, {counts['cloudy']} are less than {min_clear:.0%} clear of cloud): "
+            "give a clearer pair, a smaller patch_size or a mask that covers less",
             total=counts["total"],
             nodata=counts["nodata"],
             cloudy=counts["cloudy"],
@@ -347,7 +391,7 @@ class Patches:
     """Gathered patches: reference, degraded source and (optionally) full-resolution source.
 
     ``src`` and ``ref`` are (n, band, p, p); ``src_full`` is (n, band, factor*p + 2*margin,
-    same) or None. :func:`gather` builds them.
+    same) or None. ``ref`` is NaN at masked (cloudy) pixels. :func:`gather` builds them.
 
     Examples
     --------
@@ -438,4 +482,7 @@ def gather(
             ]
             for i, window in zip(batch, dask.compute(*windows), strict=True):
                 full[i] = window
-    return Patches(src=cut(coarse.src), ref=cut(coarse.ref), src_full=full)
+    ref = coarse.ref
+    if index.clear is not None:
+        ref = np.where(index.clear, ref, np.float32(np.nan))
+    return Patches(src=cut(coarse.src), ref=cut(ref), src_full=full)

@@ -390,15 +390,20 @@ def build_training_data(
         pair.aligned, pair.ref, pair.mask, factor=g.factor, sigmas=sigmas
     )
     _check_reflectance_range(coarse)
-    index = sampling.patch_validity(coarse, patch_size=patch_size, ring=ring)
+    # The reference's blur spreads a cloud's brightness about 3 sigma around it, beyond
+    # what the mask flags.
+    cloud_margin = math.ceil(3.0 * max(sigmas) / g.factor)
+    index = sampling.patch_validity(
+        coarse, patch_size=patch_size, ring=ring, cloud_margin=cloud_margin
+    )
     train_cells, test_cells = sampling.split_patches(
         index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
     )
-    n_pixels = len(train_cells) * patch_size**2
+    n_pixels = _clear_pixels(index, train_cells)
     if n_pixels < n_bands + 1:
         raise InputValueError(
             f"only {len(train_cells)} training patch(es) of {patch_size} x {patch_size} pixels "
-            f"({n_pixels} pixels) for a linear fit of {n_bands + 1} terms per band: "
+            f"({n_pixels} clear pixels) for a linear fit of {n_bands + 1} terms per band: "
             "raise max_patches or patch_size, or give a larger clear overlap"
         )
     # Early stopping needs its own held-out patches: the test split only scores the result.
@@ -422,6 +427,15 @@ def build_training_data(
         train=gather(train_cells),
         held_out=gather(eval_cells),
     )
+
+
+def _clear_pixels(index: sampling.PatchIndex, cells: np.ndarray) -> int:
+    """Reference pixels clear of the mask in the patches ``cells``."""
+    p = index.patch_size
+    if index.clear is None:
+        return len(cells) * p**2
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+    return int(sum(index.clear[r : r + p, c : c + p].sum() for r, c in zip(r0, c0, strict=True)))
 
 
 def fit_baseline(data: TrainingData) -> np.ndarray:
@@ -488,10 +502,10 @@ def train_network(
 
     n_val = data.n_val
     n_fit = len(data.train_cells) - n_val
-    pixels = n_fit * data.index.patch_size**2
+    pixels = _clear_pixels(data.index, data.train_cells[n_val:])
     if pixels < 2:
         raise InputValueError(
-            f"only {pixels} pixel(s) to train on ({n_fit} patch of "
+            f"only {pixels} clear pixel(s) to train on ({n_fit} patch of "
             f"{data.index.patch_size} x {data.index.patch_size} after holding out validation "
             "and test patches), which batch normalisation cannot use: raise max_patches or "
             "patch_size, or give a larger clear overlap"
@@ -505,6 +519,7 @@ def train_network(
         relative_error(
             torch.from_numpy(apply_linear(linear, data.train.src[val], axis=1)),
             torch.from_numpy(ref[val]),
+            masked=True,
         )
     )
     g = pair.grid
@@ -597,10 +612,12 @@ def evaluate(
 
 
 def _sample_pixels(stages: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """A seeded random subset of (patch, band, y, x) arrays as (pixel, band) float32."""
+    """A seeded random subset of (patch, band, y, x) arrays as (pixel, band) float32, of
+    the pixels whose target is not masked."""
     flat = {k: np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) for k, v in stages.items()}
-    n = len(flat["target"])
-    keep = np.random.default_rng(seed).permutation(n)[: min(n, _MAX_SAMPLES)]
+    labelled = np.flatnonzero(~np.isnan(flat["target"]).any(axis=1))
+    n = len(labelled)
+    keep = labelled[np.random.default_rng(seed).permutation(n)[: min(n, _MAX_SAMPLES)]]
     keep.sort()
     return {k: np.ascontiguousarray(v[keep], dtype=np.float32) for k, v in flat.items()}
 

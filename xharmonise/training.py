@@ -72,7 +72,8 @@ class PatchSet:
         (hs = ws = h) for CalibNet and ConvCalibNet, or full resolution with a margin
         (hs = factor * h + 2 * margin) for BCNet.
     ref : numpy.ndarray
-        float32 (N, C, h, w) reference patches.
+        float32 (N, C, h, w) reference patches; NaN marks masked (cloudy) pixels, which
+        the losses leave out.
 
     Examples
     --------
@@ -102,6 +103,13 @@ class PatchSet:
     def n_bands(self) -> int:
         """Number of bands C."""
         return int(self.src.shape[1])
+
+    @property
+    def masked(self) -> bool:
+        """Whether some reference pixels are masked (NaN)."""
+        # A float64 sum is NaN iff some value is (reflectances cannot overflow it), without
+        # a boolean mask as large as the (possibly GB-sized) array.
+        return bool(np.isnan(np.sum(self.ref, dtype=np.float64)))
 
 
 #: CPU budgets per neural method, as the registry declares them.
@@ -313,12 +321,13 @@ def train(
 
     start = time.perf_counter()
     net.to(dev)
-    loss_fn = loss_function(bool(getattr(net, "variance", False)))
+    masked = train.masked or val.masked
+    loss_fn = loss_function(bool(getattr(net, "variance", False)), masked=masked)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: _cosine_factor(step, cfg.iterations, cfg.final_lr_fraction)
     )
-    batches = _batches(net, train, cfg, seed, dev)
+    batches = _batches(net, train, cfg, seed, dev, masked=train.masked)
     val_src, val_ref = _on_device(val.src, dev), _on_device(val.ref, dev)
 
     history: dict[str, Any] = {"iteration": [], "train_loss": [], "val_loss": [], "lr": []}
@@ -344,7 +353,7 @@ def train(
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
             if step % cfg.eval_every and step != cfg.iterations and not out_of_time:
                 continue
-            val_loss = _evaluate(net, val_src, val_ref, loss_fn, dev)
+            val_loss = _evaluate(net, val_src, val_ref, loss_fn, dev, masked=masked)
             net.train()
             history["iteration"].append(step)
             history["train_loss"].append(running.take_mean())
@@ -448,11 +457,14 @@ def _check_data(net: nn.Module, data: PatchSet, name: str) -> None:
             f"{name} src patches are {tuple(data.src.shape[2:])}, expected {expected} "
             f"for {getattr(net, 'method', 'this model')} with {(h, w)} reference patches"
         )
-    for arr, what in ((data.src, "src"), (data.ref, "ref")):
-        # A float64 sum is NaN/inf iff some value is (reflectances cannot overflow it),
-        # without allocating a boolean mask as large as the (possibly GB-sized) array.
-        if not np.isfinite(np.sum(arr, dtype=np.float64)):
-            raise ValueError(f"{name} {what} contains NaN or infinite values")
+    # A float64 sum is NaN/inf iff some value is (reflectances cannot overflow it),
+    # without allocating a boolean mask as large as the (possibly GB-sized) array.
+    if not np.isfinite(np.sum(data.src, dtype=np.float64)):
+        raise ValueError(f"{name} src contains NaN or infinite values")
+    if not np.isfinite(np.nansum(data.ref, dtype=np.float64)):
+        raise ValueError(f"{name} ref contains infinite values (NaN marks masked pixels)")
+    if data.masked and np.isnan(data.ref).all():
+        raise ValueError(f"{name} ref is masked (NaN) everywhere: nothing to learn from")
 
 
 def _as_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -577,6 +589,8 @@ def _batches(
     cfg: TrainingConfig,
     seed: int,
     dev: torch.device,
+    *,
+    masked: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     src, ref = _on_device(data.src, dev), _on_device(data.ref, dev)
     if _trains_on(net) == "pixels":
@@ -584,6 +598,11 @@ def _batches(
         # Pixelwise models (CalibNet): pool every pixel of every patch and reshuffle them.
         src = src.permute(0, 2, 3, 1).reshape(-1, c)
         ref = ref.permute(0, 2, 3, 1).reshape(-1, c)
+        if masked:
+            # Masked pixels carry no label: leave them out of the pool rather than spend
+            # steps on them.
+            keep = ~torch.isnan(ref).any(dim=1)
+            src, ref = src[keep], ref[keep]
         size = int(cfg.pixels_per_step or 1)
     else:
         size = cfg.batch_size
@@ -604,6 +623,8 @@ def _evaluate(
     ref: torch.Tensor,
     loss_fn: Any,
     dev: torch.device,
+    *,
+    masked: bool = False,
 ) -> float:
     # src and ref are already on dev (_on_device). The weighted chunk losses are summed in
     # float64 where they are computed, and read back once: one sync per evaluation on CUDA,
@@ -611,12 +632,13 @@ def _evaluate(
     net.eval()
     chunk = max(1, _EVAL_PIXELS // int(np.prod(ref.shape[2:])))
     total = torch.zeros((), dtype=torch.float64, device=dev)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=dev)
     with torch.no_grad():
         for i in range(0, src.shape[0], chunk):
             x, y = src[i : i + chunk], ref[i : i + chunk]
             pred, var = net(x)
-            # Both losses are element means: weight chunk means by their element count.
-            total += loss_fn(pred, var, y).double() * y.numel()
-            count += y.numel()
-    return float(total) / count
+            # Both losses are means over valid elements: weight chunk means by their count.
+            n = (~torch.isnan(y)).sum().double() if masked else float(y.numel())
+            total += loss_fn(pred, var, y).double() * n
+            count += n
+    return float(total / count)
