@@ -33,7 +33,7 @@ ROOT = Path(xharmonise.__file__).parent
 
 #: Layer of every module, highest first. A package (``plot``, ``models``) names its
 #: ``__init__`` and, unless listed on their own, all its submodules.
-PREP = ("scaling", "grid", "coregister", "sampling", "masks", "simulate")
+PREP = ("scaling", "dates", "grid", "coregister", "sampling", "masks", "simulate")
 LEARN = ("training", "losses")
 OUT = ("inference", "store", "plot")
 LAYERS: dict[str, tuple[str, ...]] = {

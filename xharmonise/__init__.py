@@ -7,6 +7,7 @@ from xharmonise.api import estimate_shift, fit, predict
 from xharmonise.errors import (
     BandMismatchError,
     CoregistrationError,
+    DateError,
     DetailLossWarning,
     DimensionError,
     GridError,
@@ -32,6 +33,7 @@ __version__ = _version("xharmonise")
 __all__ = [
     "BandMismatchError",
     "CoregistrationError",
+    "DateError",
     "DetailLossWarning",
     "DimensionError",
     "FitReport",

@@ -12,11 +12,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
+from typing import Any
 
 import xarray as xr
 
 from xharmonise import arguments, stages
 from xharmonise import grid as _grid
+from xharmonise.dates import DEFAULT_MAX_DAYS
 from xharmonise.errors import BandMismatchError, DetailLossWarning
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
@@ -153,6 +155,9 @@ def fit(
     device: str = "auto",
     progress: bool = True,
     coregister: bool | ShiftEstimate = False,
+    src_time: Any = None,
+    dates: str | Sequence[Any] = "auto",
+    max_days: float = DEFAULT_MAX_DAYS,
 ) -> Harmoniser:
     """Learn a per-pixel mapping that makes ``src`` reflectances consistent with ``ref``.
 
@@ -161,17 +166,21 @@ def fit(
     src : xarray.DataArray
         High-resolution source (band, y, x) with a CRS, e.g. Pleiades at 2 m; Dask-backed
         inputs are streamed, never loaded whole.
-    ref : xarray.DataArray
-        Reference (band, y, x) with a CRS, e.g. Sentinel-2 L2A at 10 m. Extra dimensions
-        of length 1 (one date of a ``time`` dimension) are dropped from either input; a
-        time series is refused (select one date, e.g. ``ref.isel(time=0)``).
+    ref : xarray.DataArray or xarray.Dataset
+        Reference with a CRS, e.g. Sentinel-2 L2A at 10 m: (band, y, x), a time series
+        (time, band, y, x) as stackstac gives it, or a Dataset with one variable per band
+        as odc-stac's ``load`` gives it (dims (time, y, x); variables named ``B02``...,
+        ``red``/``nir``..., or chosen with ``bands=``). A series is reduced to the dates
+        that serve the source (``dates=``); extra dimensions of length 1 are dropped.
     method : {"linear", "calibnet", "convcalibnet", "bcnet"}
         The mapping to learn.
     variance : bool
         Add a variance head trained with a Gaussian NLL (robust to unmasked clouds); the
         neural methods only (``linear`` has none and refuses it).
     mask : xarray.DataArray, optional
-        Cloud mask on the reference grid (y, x), True or 1 = cloud.
+        Cloud mask on the reference grid (y, x), True or 1 = cloud; (time, y, x) with the
+        reference's dates for a time series. Masked pixels are left out of the fit and
+        its metrics; a patch is used while a quarter of its pixels are clear.
     bands : mapping or sequence, optional
         Band pairing ``{src_band: ref_band}`` (or the reference band names in source
         order); by default bands pair in order and counts must match.
@@ -209,6 +218,16 @@ def fit(
         :func:`predict` moves its output's georeferencing by it, without resampling.
         BCNet models measure the shift (without applying it) even when False, to set it
         beside their filter-centroid shift.
+    src_time : str, datetime or numpy.datetime64, optional
+        The source's acquisition date, for a reference time series; by default the
+        source's ``time`` coordinate or date attribute (``TIFFTAG_DATETIME``...).
+    dates : {"auto", "nearest", "all"} or sequence of dates
+        Which reference dates the fit learns from (see :mod:`xharmonise.dates`):
+        ``"auto"``, the nearest date while it has enough clear pixels, the next ones only
+        to fill what it lacks; ``"nearest"``; ``"all"`` within ``max_days``, each pixel
+        from its nearest clear date; or the dates to use.
+    max_days : float
+        Reference dates further than this from the source date are not used.
 
     Returns
     -------
@@ -242,9 +261,12 @@ def fit(
         progress=progress,
         coregister=coregister,
     )
+    arguments.date_options(dates_policy=dates, max_days=max_days, src_time=src_time)
     mask = arguments.mask(mask)
     return stages.run(
-        stages.reflectance_pair(src, ref, scale=scale, offset=offset, bands=bands),
+        stages.reflectance_pair(
+            src, ref, scale=scale, offset=offset, bands=bands, src_time=src_time
+        ),
         method_spec(method),
         mask=mask,
         coregister=coregister,
@@ -257,6 +279,8 @@ def fit(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        dates_policy=dates,
+        max_days=max_days,
     )
 
 

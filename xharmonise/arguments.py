@@ -12,14 +12,14 @@ from typing import Any
 
 import xarray as xr
 
-from xharmonise import checks
+from xharmonise import checks, dates
 from xharmonise.errors import DimensionError, InputTypeError, InputValueError
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import METHODS
 from xharmonise.models.registry import method as method_spec
 from xharmonise.records import ShiftEstimate
 
-__all__ = ["fit_options", "mask", "predict_options", "shift_options"]
+__all__ = ["date_options", "fit_options", "mask", "predict_options", "shift_options"]
 
 
 def fit_options(
@@ -96,6 +96,41 @@ def shift_options(
     checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
 
 
+def date_options(*, dates_policy: Any, max_days: Any, src_time: Any) -> None:
+    """Refuse a date policy, window or source date that cannot be used.
+
+    Examples
+    --------
+    >>> date_options(dates_policy="latest", max_days=30, src_time=None)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: dates='latest' is not a date policy: give one of ...
+    """
+    if isinstance(dates_policy, str):
+        if dates_policy not in dates.POLICIES:
+            raise InputValueError(
+                f"dates={dates_policy!r} is not a date policy: give one of "
+                f"{', '.join(repr(p) for p in dates.POLICIES)}, or a list of reference dates"
+            )
+    elif isinstance(dates_policy, list | tuple) or (
+        hasattr(dates_policy, "__len__") and hasattr(dates_policy, "__iter__")
+    ):
+        if len(dates_policy) == 0:
+            raise InputValueError(
+                "dates=[] lists no date: give reference dates, or a policy such as 'auto'"
+            )
+        for value in dates_policy:
+            dates.as_date(value, "dates")
+    else:
+        raise InputTypeError(
+            f"dates={dates_policy!r} is a {checks.type_name(dates_policy)}: give a policy "
+            f"({', '.join(repr(p) for p in dates.POLICIES)}) or a list of reference dates"
+        )
+    checks.real(max_days, "max_days", minimum=0)
+    if src_time is not None:
+        dates.as_date(src_time, "src_time")
+
+
 def mask(value: Any) -> xr.DataArray | None:
     """``mask=`` as a (y, x) DataArray of booleans or numbers, or an error naming the fix.
 
@@ -116,11 +151,15 @@ def mask(value: Any) -> xr.DataArray | None:
         value = value.any("band")
     single = [d for d in value.dims if d not in ("y", "x") and value.sizes[d] == 1]
     value = value.isel({d: 0 for d in single}, drop=True)
+    if set(value.dims) == {"time", "y", "x"}:
+        # One mask per date of a reference time series (dates checked against it).
+        return value.transpose("time", "y", "x")
     if value.dims != ("y", "x"):
         fix = (
             "transpose it with mask.transpose('y', 'x')"
             if set(value.dims) == {"y", "x"}
-            else "give a (y, x) mask on the reference grid (one date: mask.isel(time=0))"
+            else "give a (y, x) mask on the reference grid, or (time, y, x) for a "
+            "reference time series"
         )
         raise DimensionError(f"the mask has dims {value.dims}: {fix}")
     return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "BandMismatchError",
     "CoregistrationError",
+    "DateError",
     "DetailLossWarning",
     "DimensionError",
     "GridError",
@@ -207,6 +208,23 @@ class DimensionError(InputValueError):
     Traceback (most recent call last):
         ...
     xharmonise.errors.DimensionError: the reference has dims ('y', 'x', 'band'): transpose it ...
+    """
+
+
+class DateError(InputValueError):
+    """The dates of a reference time series cannot serve the source: its date is unknown,
+    no reference date lies within the window, ``dates=`` names dates the reference lacks,
+    or the mask's dates differ from the reference's.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_series
+    >>> series = simulate_series((100, 100), days=(-40, 35))
+    >>> xharmonise.fit(series.src, series.ref, method="linear")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.DateError: no reference date within 30 days of the source date ...
     """
 
 

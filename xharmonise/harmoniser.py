@@ -28,7 +28,7 @@ import json
 import math
 import os
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,6 +245,13 @@ class FitReport:
         The phase-correlation shift measured (or given) at fit time; None when none was.
     versions : dict
         Package versions at fit time (``xharmonise``, ``torch``, ``numpy``...).
+    dates : dict
+        For a reference time series: the source date, the policy and window, the
+        candidate dates with their clear pixels, the dates used, and the training pixels
+        and patches each gave (empty for a single reference image).
+    date_metrics : xarray.DataArray or None
+        For a reference time series, ``metrics`` per date the held-out pixels come from
+        (band, metric, stage, date).
 
     Raises
     ------
@@ -267,11 +274,18 @@ class FitReport:
     samples: dict[str, np.ndarray]
     shift_estimate: ShiftEstimate | None
     versions: dict[str, str]
+    dates: dict[str, Any] = field(default_factory=dict)
+    date_metrics: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, xr.DataArray):
             raise _invalid(f"metrics is a {type_name(self.metrics)}", "give an xarray.DataArray")
-        for name in ("history", "patches", "samples", "versions"):
+        if self.date_metrics is not None and not isinstance(self.date_metrics, xr.DataArray):
+            raise _invalid(
+                f"date_metrics is a {type_name(self.date_metrics)}",
+                "give an xarray.DataArray or None",
+            )
+        for name in ("history", "patches", "samples", "versions", "dates"):
             if not isinstance(getattr(self, name), dict):
                 raise _invalid(f"{name} is a {type_name(getattr(self, name))}", "give a dict")
         if not all(isinstance(v, np.ndarray) for v in self.samples.values()):
@@ -689,6 +703,8 @@ def _encode(model: Harmoniser) -> bytes:
             "patches": _jsonable(r.patches),
             "shift_estimate": None if r.shift_estimate is None else r.shift_estimate.to_dict(),
             "versions": dict(r.versions),
+            "dates": _jsonable(r.dates),
+            "date_metrics": None if r.date_metrics is None else r.date_metrics.to_dict(),
         },
         "saved_by": package_versions(),
     }
@@ -959,8 +975,23 @@ def _model(
         samples={k[8:]: v for k, v in tensors.items() if k.startswith("samples.")},
         shift_estimate=shift_estimate,
         versions=r["versions"],
+        # Files from before reference time series have neither.
+        dates=r.get("dates") or {},
+        date_metrics=_date_metrics(r.get("date_metrics")),
     )
     return Harmoniser(mapping=mapping, fit_report=report)
+
+
+def _date_metrics(table: Any) -> xr.DataArray | None:
+    if table is None:
+        return None
+    try:
+        return xr.DataArray.from_dict(table)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"the model file's date_metrics cannot be read ({err}): the file is corrupted; "
+            "fit the model again"
+        ) from err
 
 
 def _read_format_1(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harmoniser:

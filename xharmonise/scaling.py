@@ -8,43 +8,57 @@ baseline 04.00). Everything downstream works on float32 reflectance with NaN at 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from xharmonise import psf
 from xharmonise.checks import type_name
 from xharmonise.errors import BandMismatchError, DimensionError, InputTypeError, InputValueError
 
 __all__ = ["as_band_array", "band_names", "scaling_like_training", "to_reflectance"]
 
 
-def as_band_array(obj: Any, name: str) -> xr.DataArray:
+def as_band_array(
+    obj: Any, name: str, *, series: bool = False, variables: Sequence[str] | None = None
+) -> xr.DataArray:
     """The raster in ``obj`` as a (band, y, x) DataArray, or an error naming the fix.
 
-    A DataArray is taken as given, a Dataset by its one variable. Extra dimensions of
-    length 1 (a single date, a singleton level) are dropped; any other shape is refused:
-    a ``time`` dimension with several dates, other dimension names (``lat``/``lon``),
-    another order, no pixels.
+    A DataArray is taken as given. A Dataset with one variable is that variable; a
+    Dataset with one variable per band (odc-stac's ``load``) is stacked along a new
+    ``band`` dimension, lazily, when its variables are Sentinel-2 band names (``B02``,
+    ``red``, ``nir08``...) or ``variables`` names them. Extra dimensions of length 1 (a
+    single date, a singleton level) are dropped; any other shape is refused: a ``time``
+    dimension with several dates (unless ``series``), other dimension names
+    (``lat``/``lon``), another order, no pixels.
 
     Parameters
     ----------
     obj : xarray.DataArray or xarray.Dataset
-        An image, or a Dataset holding it as its only variable.
+        An image, or a Dataset holding it.
     name : str
         How to call it in error messages ("the source").
+    series : bool
+        Accept a ``time`` dimension of several dates: the result is then
+        (time, band, y, x) (stackstac's order).
+    variables : sequence of str, optional
+        The Dataset variables that are the bands, in order (others, e.g. ``SCL``, are
+        left out).
 
     Returns
     -------
     xarray.DataArray
-        (band, y, x); the input itself when it already is, else a new object.
+        (band, y, x), or (time, band, y, x) for a series of several dates; the input
+        itself when it already is, else a new object.
 
     Raises
     ------
     InputTypeError
         Not an xarray object, or values that are not real numbers.
     BandMismatchError
-        A Dataset with several variables: which one is the image is ambiguous.
+        A Dataset whose variables are not all bands, or do not stack.
     DimensionError
         Dimensions other than (band, y, x) that cannot be dropped.
     InputValueError
@@ -59,14 +73,13 @@ def as_band_array(obj: Any, name: str) -> xr.DataArray:
     >>> one_date = xr.DataArray(np.zeros((1, 4, 2, 2)), dims=("time", "band", "y", "x"))
     >>> as_band_array(one_date, "the reference").dims
     ('band', 'y', 'x')
+    >>> odc = xr.Dataset({b: (("time", "y", "x"), np.zeros((3, 2, 2))) for b in ("red", "nir")})
+    >>> stacked = as_band_array(odc, "the reference", series=True)
+    >>> stacked.dims, band_names(stacked)
+    (('time', 'band', 'y', 'x'), ['red', 'nir'])
     """
     if isinstance(obj, xr.Dataset):
-        if len(obj.data_vars) != 1:
-            raise BandMismatchError(
-                f"{name} is a Dataset with {len(obj.data_vars)} variables: pass a DataArray "
-                "(band, y, x) or a Dataset whose bands are stacked with ds.to_dataarray('band')"
-            )
-        obj = next(iter(obj.data_vars.values()))
+        obj = _from_dataset(obj, name, variables)
     if not isinstance(obj, xr.DataArray):
         raise InputTypeError(
             f"{name} is a {type_name(obj)}: pass an xarray.DataArray (band, y, x) with a CRS, "
@@ -77,7 +90,14 @@ def as_band_array(obj: Any, name: str) -> xr.DataArray:
             f"{name} holds {obj.dtype} values: give real reflectances or integer DN (e.g. "
             f"{_var(name)}.real for complex values)"
         )
-    da = _band_yx(obj, name)
+    dated = series and "time" in obj.dims and obj.sizes["time"] > 1
+    if dated:
+        # One date has the layout every date has: check it (and drop its length-1 dims).
+        first = _band_yx(obj.isel(time=0, drop=True), name)
+        single = [d for d in obj.dims if d not in ("time", *first.dims)]
+        da = obj.isel({d: 0 for d in single}, drop=True).transpose("time", *first.dims)
+    else:
+        da = _band_yx(obj, name)
     empty = [d for d in da.dims if da.sizes[d] == 0]
     if empty:
         sizes = ", ".join(f"{da.sizes[d]} along {d!r}" for d in da.dims)
@@ -86,6 +106,59 @@ def as_band_array(obj: Any, name: str) -> xr.DataArray:
             "(check the selection that cut it)"
         )
     return da
+
+
+def _from_dataset(ds: xr.Dataset, name: str, variables: Sequence[str] | None) -> xr.DataArray:
+    """The image a Dataset holds: its only variable, or its band variables stacked."""
+    names = [str(v) for v in ds.data_vars]
+    var = _var(name)
+    if len(names) == 1 and variables is None:
+        return ds[names[0]]
+    if variables is not None:
+        missing = [v for v in variables if v not in names]
+        if missing:
+            raise BandMismatchError(
+                f"{name} is a Dataset without the variable(s) {missing} named in bands=: "
+                f"its variables are {names}"
+            )
+        wanted = list(variables)
+    else:
+        others = [v for v in names if psf.s2_band(v) is None]
+        if others:
+            raise BandMismatchError(
+                f"{name} is a Dataset whose variables {others} are no Sentinel-2 band "
+                f"names (of {names}): say which variables are the bands, e.g. "
+                f"{var}[{[v for v in names if v not in others] or ['B02', '...']}] or "
+                "bands={src_band: ref_variable, ...}, or stack them yourself with "
+                f"{var}.to_dataarray('band')"
+            )
+        wanted = names
+    arrays = [ds[v] for v in wanted]
+    dims = {a.dims for a in arrays}
+    if len(dims) != 1:
+        raise BandMismatchError(
+            f"{name}'s band variables {wanted} have different dimensions {sorted(dims)}: "
+            "give them one grid (e.g. odc.stac.load(..., resolution=10))"
+        )
+    stacked = xr.concat(arrays, dim="band", coords="minimal", compat="override", join="exact")
+    stacked = stacked.assign_coords(band=wanted)
+    # odc-stac keeps the no-data value in each variable's attributes; concat keeps only
+    # the first's. Keep what every band agrees on, as one image's attributes would be.
+    stacked.attrs = {
+        key: value
+        for key, value in arrays[0].attrs.items()
+        if all(_same(a.attrs.get(key), value) for a in arrays[1:])
+    }
+    if "spatial_ref" in ds.coords and "spatial_ref" not in stacked.coords:
+        stacked = stacked.assign_coords(spatial_ref=ds["spatial_ref"])
+    return stacked.transpose("band", ...)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    except TypeError:  # equal_nan on objects that are not numbers
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
 
 
 def _var(name: str) -> str:
@@ -107,10 +180,13 @@ def _band_yx(da: xr.DataArray, name: str) -> xr.DataArray:
             f"{var}.rename({{{renames}}}) (rioxarray's names; the grid must be projected)"
         )
     if "time" in da.dims and da.sizes["time"] > 1:
-        raise DimensionError(
-            f"{name} has a time dimension with {da.sizes['time']} dates: select one date, "
-            f"e.g. {var}.isel(time=0) (time series are not supported yet)"
+        fix = (
+            "harmonise one acquisition at a time, e.g. src.isel(time=0) (the reference may "
+            "be a time series; the source is one image)"
+            if name == "the source"
+            else f"select one date, e.g. {var}.isel(time=0)"
         )
+        raise DimensionError(f"{name} has a time dimension with {da.sizes['time']} dates: {fix}")
     extra = [d for d in da.dims if d not in ("band", "y", "x")]
     single = [d for d in extra if da.sizes[d] == 1]
     if single:

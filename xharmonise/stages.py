@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xharmonise import checks, psf, sampling
+from xharmonise import checks, dates, psf, sampling
 from xharmonise import grid as _grid
 from xharmonise.coregister import estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
     CoregistrationError,
+    DateError,
     GridError,
     InputValueError,
     UnknownBandWarning,
@@ -164,6 +165,11 @@ class PairedReflectance:
         Source reflectance = DN x scale + offset, as applied.
     src_dtype : str
         The source's dtype before scaling (integer DN or float reflectance).
+    src_time : numpy.datetime64 or None
+        The source's acquisition date, when known.
+
+    ``ref`` is (time, band, y, x) for a reference time series of several dates, which
+    :func:`run` reduces to one image (:func:`xharmonise.dates.compose`).
     """
 
     src: xr.DataArray
@@ -173,6 +179,7 @@ class PairedReflectance:
     src_scale: float
     src_offset: float
     src_dtype: str
+    src_time: np.datetime64 | None = None
 
 
 def reflectance_pair(
@@ -182,8 +189,13 @@ def reflectance_pair(
     scale: float | tuple[float | None, float | None] | None = None,
     offset: float | tuple[float | None, float | None] | None = None,
     bands: Mapping[str, str] | Sequence[str] | None = None,
+    src_time: Any = None,
 ) -> PairedReflectance:
     """Reflectance of both inputs with their bands paired (lazy).
+
+    The reference may be a time series ((time, band, y, x), or an odc-stac Dataset with
+    one variable per band and a ``time`` dimension); ``src_time`` (or the source's own
+    ``time`` coordinate or date attribute) dates the source.
 
     Examples
     --------
@@ -195,8 +207,13 @@ def reflectance_pair(
     """
     src_scale, ref_scale = checks.per_input(scale, "scale", positive=True, example="1e-4")
     src_offset, ref_offset = checks.per_input(offset, "offset", positive=False, example="-0.1")
+    checked = checks.mapping_or_names(bands, "bands")
+    variables = None
+    if isinstance(ref, xr.Dataset) and checked is not None:
+        variables = list(checked.values()) if isinstance(checked, Mapping) else list(checked)
+    when = dates.source_date(src, src_time)
     src_da = as_band_array(src, "the source")
-    ref_da = as_band_array(ref, "the reference")
+    ref_da = as_band_array(ref, "the reference", series=True, variables=variables)
     src_r = to_reflectance(src_da, scale=src_scale, offset=src_offset, name="the source")
     ref_r = to_reflectance(ref_da, scale=ref_scale, offset=ref_offset, name="the reference")
     src_r, ref_r, src_names, ref_names = _pair_bands(src_r, ref_r, bands)
@@ -213,7 +230,39 @@ def reflectance_pair(
         src_scale=used_scale,
         src_offset=used_offset,
         src_dtype=str(src_da.dtype),
+        src_time=when,
     )
+
+
+def single_reference(
+    paired: PairedReflectance,
+    mask: xr.DataArray | None,
+    *,
+    policy: str | Sequence[Any] = "auto",
+    max_days: float = dates.DEFAULT_MAX_DAYS,
+    patch_size: int = 32,
+) -> tuple[PairedReflectance, xr.DataArray | None, dates.DatedReference | None]:
+    """The pair with one reference image: a time series reduced to the dates that serve
+    the source (:func:`xharmonise.dates.compose`), and the mask that goes with it."""
+    if "time" not in paired.ref.dims:
+        if mask is not None and "time" in mask.dims:
+            raise DateError(
+                f"the mask has {mask.sizes['time']} dates but the reference is one image: "
+                "give the mask of the reference's date, e.g. mask.sel(time=ref.time)"
+            )
+        return paired, mask, None
+    first = paired.ref.isel(time=0, drop=True)
+    g = _grid.pair_grid(paired.src, first)
+    dated = dates.compose(
+        paired.ref,
+        mask,
+        paired.src_time,
+        policy=policy,
+        max_days=max_days,
+        window=(g.ref_rows, g.ref_cols),
+        patch_size=patch_size,
+    )
+    return replace(paired, ref=dated.ref), dated.mask, dated
 
 
 def measure_shift(
@@ -574,10 +623,14 @@ class Evaluation:
     samples : dict of numpy.ndarray
         A seeded subset of the held-out pixels, (pixel, band) float32 per stage, plus
         ``target`` and, with a variance head, ``variance``.
+    date_metrics : xarray.DataArray or None
+        For a reference time series, the same table per date the held-out pixels come
+        from (band, metric, stage, date).
     """
 
     metrics: xr.DataArray
     samples: dict[str, np.ndarray]
+    date_metrics: xr.DataArray | None = None
 
 
 # Test-split pixels kept in the model for its report's scatter plots: enough for smooth
@@ -592,9 +645,12 @@ def evaluate(
     ref_bands: Sequence[str],
     *,
     seed: int,
+    which: np.ndarray | None = None,
+    date_labels: Sequence[str] = (),
 ) -> Evaluation:
     """Score the source as it is, the linear baseline and the model on the held-out
-    patches (the model is the baseline when nothing was trained)."""
+    patches (the model is the baseline when nothing was trained); with ``which`` (the
+    held-out patches' date index per pixel, from :func:`cut_cells`), per date too."""
     held = data.held_out
     predictions: dict[str, np.ndarray] = {
         "initial": held.src,
@@ -608,7 +664,54 @@ def evaluate(
     stages = dict(predictions, target=held.ref)
     if trained is not None and trained.variance is not None:
         stages["variance"] = trained.variance
-    return Evaluation(metrics=table, samples=_sample_pixels(stages, seed=seed))
+    by_date = None
+    if which is not None:
+        tables = []
+        for k in range(len(date_labels)):
+            on_date = np.where((which == k)[:, None], held.ref, np.float32(np.nan))
+            tables.append(
+                metric_table(
+                    np.moveaxis(on_date, 1, 0),
+                    {name: np.moveaxis(v, 1, 0) for name, v in predictions.items()},
+                    list(ref_bands),
+                )
+            )
+        by_date = xr.concat(tables, dim="date").assign_coords(date=list(date_labels))
+        by_date = by_date.transpose("band", "metric", "stage", "date")
+    return Evaluation(
+        metrics=table, samples=_sample_pixels(stages, seed=seed), date_metrics=by_date
+    )
+
+
+def cut_cells(index: sampling.PatchIndex, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The (n, p, p) windows of a (Y, X) reference-grid array under the patches
+    ``cells``."""
+    p = index.patch_size
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+    out = np.empty((len(cells), p, p), values.dtype)
+    for i, (r, c) in enumerate(zip(r0, c0, strict=True)):
+        out[i] = values[r : r + p, c : c + p]
+    return out
+
+
+def date_record(
+    dated: dates.DatedReference, pair: PreparedPair, data: TrainingData
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The model's record of the dates a fit used (with the training patches and clear
+    pixels each gave), and the held-out patches' date index per pixel."""
+    which = np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
+    train = cut_cells(data.index, data.train_cells, which)
+    labelled = ~np.isnan(data.train.ref).any(axis=1)
+    eval_cells = data.test_cells if len(data.test_cells) else data.train_cells
+    record = dict(dated.record)
+    record["train_pixels"] = {
+        str(d): int(((train == k) & labelled).sum()) for k, d in enumerate(dated.dates)
+    }
+    record["train_patches"] = {
+        str(d): int(((train == k) & labelled).any(axis=(1, 2)).sum())
+        for k, d in enumerate(dated.dates)
+    }
+    return record, cut_cells(data.index, eval_cells, which)
 
 
 def _sample_pixels(stages: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
@@ -631,6 +734,7 @@ def assemble(
     evaluation: Evaluation,
     *,
     variance: bool,
+    dates_record: dict[str, Any] | None = None,
 ) -> Harmoniser:
     """The fitted model: the mapping ``predict`` applies and the report of the fit."""
     p = pair.paired
@@ -656,6 +760,8 @@ def assemble(
         samples=evaluation.samples,
         shift_estimate=pair.shift_estimate,
         versions=package_versions(),
+        dates=dates_record or {},
+        date_metrics=evaluation.date_metrics,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -676,9 +782,15 @@ def run(
     device: str,
     progress: bool,
     budget: TrainingConfig | None = None,
+    dates_policy: str | Sequence[Any] = "auto",
+    max_days: float = dates.DEFAULT_MAX_DAYS,
 ) -> Harmoniser:
     """Every stage after :func:`reflectance_pair`, as :func:`xharmonise.fit` runs them
-    (``budget`` as for :func:`train_network`)."""
+    (``budget`` as for :func:`train_network`); a reference time series is first reduced
+    to one image by :func:`single_reference` (``dates_policy``, ``max_days``)."""
+    paired, mask, dated = single_reference(
+        paired, mask, policy=dates_policy, max_days=max_days, patch_size=patch_size
+    )
     pair = prepare_pair(
         paired, mask=mask, coregister=coregister, measure=spec.measures_shift, seed=seed
     )
@@ -706,5 +818,15 @@ def run(
             progress=progress,
             budget=budget,
         )
-    evaluation = evaluate(data, linear, trained, paired.ref_bands, seed=seed)
-    return assemble(pair, data, spec, linear, trained, evaluation, variance=variance)
+    record: dict[str, Any] = {}
+    which: np.ndarray | None = None
+    labels: tuple[str, ...] = ()
+    if dated is not None:
+        record, which = date_record(dated, pair, data)
+        labels = tuple(str(d) for d in dated.dates)
+    evaluation = evaluate(
+        data, linear, trained, paired.ref_bands, seed=seed, which=which, date_labels=labels
+    )
+    return assemble(
+        pair, data, spec, linear, trained, evaluation, variance=variance, dates_record=record
+    )
