@@ -33,7 +33,7 @@ import xharmonise
 from xharmonise import demo
 from xharmonise.cli import main
 from xharmonise.errors import InputValueError, UnknownMethodError
-from xharmonise.simulate import simulate_pair
+from xharmonise.simulate import simulate_pair, simulate_series
 
 # Generous: a loaded 2-core machine; a hung command must still end the test.
 _TIMEOUT = 600
@@ -553,3 +553,40 @@ def test_demo_on_given_files(files, linear_fit, tmp_path):
         xharmonise.load(tmp_path / "model.safetensors").linear, xharmonise.load(model).linear
     )
     assert xr.open_zarr(tmp_path / "harmonised.zarr")["prediction"].shape == (4, 400, 400)
+
+
+# --------------------------------------------------------------------------- info MODEL
+@pytest.fixture(scope="module")
+def dated_model(tmp_path_factory) -> Path:
+    # Fitted in the library: the command line fits on one reference raster. The nearest
+    # date is 90 % cloudy, so "auto" uses two dates and the test split has no pixel of
+    # the first (its per-date RMSE is printed as "-").
+    s = simulate_series((400, 400), seed=0, days=(-9, -1, 3), ref_clouds=[0.1, 0.9, 0.1])
+    model = xharmonise.fit(
+        s.src, s.ref, method="linear", mask=s.mask, patch_size=16, progress=False
+    )
+    return model.save(tmp_path_factory.mktemp("dated") / "dated.safetensors")
+
+
+def test_info_on_a_model_prints_its_dates_and_rmse_per_date(dated_model):
+    out = _ok(xh("info", dated_model)).stdout
+    model = xharmonise.load(dated_model)
+    record = model.fit_report.dates
+    assert out.startswith(repr(model) + "\ntest-split metrics")
+    assert f"reference dates: source {record['source']}, policy auto within ±30 days" in out
+    for date in record["used"]:  # each date used with its training pixels and patches
+        row = next(line.split() for line in out.splitlines() if line.startswith(date))
+        assert row[-2:] == [str(record["train_pixels"][date]), str(record["train_patches"][date])]
+    rmse = model.fit_report.date_metrics.sel(metric="rmse", band="B8")
+    for stage in ("linear", "model"):
+        line = next(v for v in out.splitlines() if re.match(rf"^B8\s+{stage}\s", v))
+        expected = ["-" if np.isnan(v) else f"{v:.4f}" for v in rmse.sel(stage=stage).values]
+        assert line.split()[2:] == expected
+
+
+def test_info_on_a_single_date_model_is_what_fit_printed(linear_fit):
+    path, proc = linear_fit
+    out = _ok(xh("info", path)).stdout
+    assert "reference dates" not in out and "reference dates" not in proc.stdout
+    # fit prints the model, its metrics and shifts, then where it wrote the file.
+    assert out.splitlines() == proc.stdout.splitlines()[:-1]

@@ -37,6 +37,7 @@ A usage error prints one line on stderr and returns 2:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -44,6 +45,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import xharmonise
@@ -59,10 +61,13 @@ from xharmonise.runfiles import (
 )
 
 if TYPE_CHECKING:
+    from xharmonise.harmoniser import Harmoniser
     from xharmonise.store import StoreInfo
 
 __all__ = [
     "build_parser",
+    "format_dates",
+    "format_model_info",
     "format_store_info",
     "main",
     "parse_bands",
@@ -189,6 +194,83 @@ def format_store_info(info: StoreInfo) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def format_dates(model: Harmoniser) -> str:
+    """The reference dates a model was fitted on and its held-out RMSE per date, as text.
+
+    ``""`` for a model fitted on one reference image.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_series
+    >>> series = simulate_series((400, 400), seed=0, days=(-9, -1, 3),
+    ...                          ref_clouds=[0.1, 0.9, 0.1])
+    >>> model = xharmonise.fit(series.src, series.ref, method="linear", mask=series.mask,
+    ...                        patch_size=16, progress=False)
+    >>> print(format_dates(model).splitlines()[0])
+    reference dates: source 2024-06-15T00:00:00, policy auto within ±30 days; 2 of 3 used
+    """
+    record = model.fit_report.dates
+    if not record:
+        return ""
+    used = list(record.get("used", []))
+    candidates = record.get("candidates", [])
+    policy = str(record.get("policy", "?"))
+    if policy != "explicit" and record.get("max_days") is not None:
+        policy += f" within ±{float(record['max_days']):g} days"
+    lines = [
+        f"reference dates: source {record.get('source', '?')}, policy {policy}; "
+        f"{len(used)} of {len(candidates)} used"
+    ]
+    pixels, patches = record.get("train_pixels", {}), record.get("train_patches", {})
+    width = max([len(str(c.get("date", "?"))) for c in candidates] + [4])
+    lines.append(
+        f"{'date':<{width}}  {'days':>6}  {'clear px':>9}  {'used':>4}  {'train px':>9}  "
+        f"{'train patches':>13}"
+    )
+    for c in candidates:
+        date = str(c.get("date", "?"))
+        taken = date in used
+        order = str(used.index(date) + 1) if taken else "-"
+        lines.append(
+            f"{date:<{width}}  {float(c.get('days', float('nan'))):>+6.1f}  "
+            f"{int(c.get('clear_pixels', 0)):>9}  {order:>4}  "
+            f"{pixels.get(date, '-') if taken else '-':>9}  "
+            f"{patches.get(date, '-') if taken else '-':>13}"
+        )
+    table = model.fit_report.date_metrics
+    if table is not None:
+        rmse = table.sel(metric="rmse")
+        stages = [s for s in ("linear", "model") if s in rmse["stage"].values]
+        dates = [str(d) for d in rmse["date"].values]
+        cols = max([len(d) for d in dates] + [9])
+        lines.append(
+            "held-out RMSE per date used, reflectance units (-: no test pixel from that date)"
+        )
+        lines.append(f"{'band':<5} {'stage':<7} " + " ".join(f"{d:>{cols}}" for d in dates))
+        for band in rmse["band"].values:
+            for stage in stages:
+                values = rmse.sel(band=band, stage=stage).values
+                cells = " ".join(
+                    f"{'-':>{cols}}" if math.isnan(v) else f"{v:>{cols}.4f}" for v in values
+                )
+                lines.append(f"{band!s:<5} {stage:<7} {cells}")
+    return "\n".join(lines)
+
+
+def format_model_info(model: Harmoniser) -> str:
+    """Text shown by ``xharmonise info MODEL`` and ``fit``: the model, its test metrics,
+    its shift estimates and, for a reference time series, its dates."""
+    parts = [repr(model), format_metrics(model)]
+    shifts = shift_estimates(model)
+    if shifts:
+        parts.append(f"shift of the source, m (east, north), band mean: {_format_shifts(shifts)}")
+    dates = format_dates(model)
+    if dates:
+        parts.append(dates)
+    return "\n".join(parts)
+
+
 def _cli_wording(message: str) -> str:
     # Library messages name keyword arguments; on the command line the fix is a flag.
     for api, flag in (("mode='w'", "--overwrite"), ("resume=True", "--resume")):
@@ -249,11 +331,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             coregister=args.coregister,
         )
-    _echo(model)
-    _echo(format_metrics(model))
-    shifts = shift_estimates(model)
-    if shifts:
-        _echo(f"shift of the source, m (east, north), band mean: {_format_shifts(shifts)}")
+    _echo(format_model_info(model))
     out = model.save(args.out)
     _echo(f"wrote {out}")
     return EXIT_OK
@@ -317,12 +395,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from xharmonise.store import describe
 
+    if _is_model_file(args.store):
+        _echo(format_model_info(xharmonise.load(args.store)))
+        return EXIT_OK
     try:
         info = describe(args.store)
     except FileNotFoundError as err:
         raise InputError(f"{one_line(err)}: check the path or URL") from None
     _echo(format_store_info(info))
     return EXIT_OK
+
+
+def _is_model_file(path: str) -> bool:
+    # Stores are folders (locally) and named *.zarr; model files are single files.
+    if path.rstrip("/").endswith(".safetensors"):
+        return True
+    return "://" not in path and Path(path).is_file()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -491,11 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info",
         parents=common,
-        help="describe a Zarr store written by `predict`",
+        help="describe a Zarr store written by `predict`, or a model file",
         description="Print the variables, shape, chunks and shards, CRS, transform, bands, "
-        "method and provenance of a store (local path or fsspec URL).",
+        "method and provenance of a store (local path or fsspec URL); or, for a model "
+        "file (*.safetensors), the model, its test metrics and, when it was fitted on a "
+        "reference time series, its dates and held-out RMSE per date.",
     )
-    p.add_argument("store", help="local path or URL (s3://…, file://…)")
+    p.add_argument("store", help="local path or URL (s3://…, file://…) of a store or model")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser(
