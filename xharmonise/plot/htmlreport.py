@@ -31,6 +31,7 @@ from xharmonise.plot.figures import (
     shift_estimates,
     shown_stages,
 )
+from xharmonise.plot.refdates import dates_section
 from xharmonise.scaling import as_band_array, scaling_like_training
 
 if TYPE_CHECKING:
@@ -264,11 +265,13 @@ def report(
 ) -> Path:
     """Write a self-contained HTML report of a fitted model, and its figures as PNG.
 
-    The report holds the model summary, the test metrics (table and bars), density
-    scatter plots per band, the training curves (or a note that a linear model has
-    none), the learned filters (BCNet), and, given ``src`` and its ``prediction``, a
-    before/after colour crop at full resolution and the predictive variance map (a
-    prediction with a variance), then the provenance. The report never predicts: it
+    The report holds the model summary, for a model fitted on a reference time series
+    the dates it chose and used (with their training pixels) and the held-out RMSE per
+    date, the test metrics (table and bars), density scatter plots per band, the
+    training curves (or a note that a linear model has none), the learned filters
+    (BCNet), and, given ``src`` and its ``prediction``, a before/after colour crop at
+    full resolution and the predictive variance map (a prediction with a variance),
+    then the provenance. The report never predicts: it
     draws the ``prediction`` it is given, and computes only the window it shows. Images
     are embedded as ``data:`` URIs and the CSS is inline: the file opens offline and can
     be mailed as is. The same figures are written as ``<stem>_files/*.png`` next to it.
@@ -433,18 +436,22 @@ def report(
         " + variance" if model.variance else ""
     )
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    dates_html = dates_section(model)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(heading)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>{html.escape(heading)}</h1>",
         f"<p class='meta'>{html.escape(repr(model))}<br>written {now}; figures also in "
         f"{html.escape(files.name)}/</p>",
-        "<nav><a href='#model'>model</a><a href='#metrics'>metrics</a>"
+        "<nav><a href='#model'>model</a>"
+        + ("<a href='#dates'>reference dates</a>" if dates_html else "")
+        + "<a href='#metrics'>metrics</a>"
         "<a href='#scatter'>scatter plots</a><a href='#training'>training</a>"
         + ("<a href='#filters'>filters</a>" if "filters" in figures else "")
         + "<a href='#image'>image</a><a href='#provenance'>provenance</a></nav>",
         "<h2 id='model'>Model</h2>",
         _kv_table(_summary_rows(model)),
+        *([dates_html] if dates_html else []),
         "<h2 id='metrics'>Test metrics</h2>",
         "<p>Reflectance units on the held-out test patches at the reference resolution; "
         "the best stage per band and metric is in bold.</p>",
