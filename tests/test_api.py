@@ -323,3 +323,19 @@ def test_coregister_improves_calibnet(shifted_pair):
     before = plain.metrics.sel(metric="rmse", stage="model")
     after = fixed.metrics.sel(metric="rmse", stage="model")
     assert (after < 0.8 * before).all(), (before.values, after.values)
+
+
+def test_a_reopened_dn_geotiff_is_predicted_in_reflectance_like_its_fit(tmp_path):
+    # rioxarray gives the file scale_factor 1 and add_offset 0: fit's explicit scale must
+    # still apply at predict, not the "1" that only means "unscaled".
+    import rioxarray
+
+    pair = simulate_pair((300, 300), seed=2)
+    dn = (pair.src * 1e4).round().clip(1, 65535).astype("uint16").rio.write_nodata(0)
+    dn.rio.to_raster(tmp_path / "phr.tif")
+    phr = rioxarray.open_rasterio(tmp_path / "phr.tif")
+    assert phr.attrs.get("scale_factor") == 1.0
+    model = xharmonise.fit(phr, pair.ref, method="linear", patch_size=16, scale=(1e-4, None))
+    from_file = xharmonise.predict(phr, model)["prediction"].values
+    from_float = xharmonise.predict(pair.src, model)["prediction"].values
+    np.testing.assert_allclose(from_file, from_float, atol=2e-4)

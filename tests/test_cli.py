@@ -143,7 +143,7 @@ def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
     )
     np.testing.assert_allclose(model.linear, expected.linear, rtol=1e-5, atol=1e-6)
     assert model.patches == expected.patches
-    assert model.patches["cloudy"] > 0  # the mask file was used
+    assert model.patches["partial"] > 0  # the mask file was used
     # The printed table is the model's: one row per band x metric, stages as columns.
     rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^B\d\s", line)]
     assert len(rows) == 4 * model.metrics.sizes["metric"]

@@ -384,3 +384,17 @@ def test_real_scl_mask_plugs_into_fit():
 def test_docstring_examples_run():
     result = doctest.testmod(masks, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_dated_scl_gives_one_mask_per_date():
+    from xharmonise.simulate import simulate_series
+
+    series = simulate_series((200, 200), seed=0, days=(-3, 2), ref_clouds=[0.3, 0.1])
+    scl = xr.where(series.mask, 9, 4).astype("uint8").rio.write_crs(series.ref.rio.crs)
+    masks = cloud_mask_from_scl(scl, like=series.ref)
+    assert masks.dims == ("time", "y", "x")
+    np.testing.assert_array_equal(masks["time"].values, series.ref["time"].values)
+    for i in range(2):
+        one = cloud_mask_from_scl(scl.isel(time=i), like=series.ref)
+        np.testing.assert_array_equal(masks.isel(time=i).values, one.values)
+    np.testing.assert_array_equal(masks.values, series.mask.values)

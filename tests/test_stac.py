@@ -194,9 +194,6 @@ def test_grid_off_the_10m_lines_is_kept_unless_crs_and_resolution_are_given(tmp_
     assert anchored.odc.geobox == written
 
 
-@pytest.mark.xfail(
-    reason="xharmonise.fit does not take odc-stac Datasets yet (#14 item 1)", strict=False
-)
 def test_fit_on_a_stac_reference_matches_the_fit_on_the_array(tmp_path):
     pair = simulate_pair((400, 400), seed=0)
     cat = write_catalog(tmp_path / "stac", pair.ref)
@@ -217,3 +214,34 @@ def test_fit_on_a_stac_reference_matches_the_fit_on_the_array(tmp_path):
     # DN quantisation (5e-5 reflectance) is far below the S2 noise (0.002): the STAC
     # fit is as good as the direct one up to that.
     assert (rmse(out) <= 1.1 * rmse(xharmonise.predict(pair.src, direct))).all()
+
+
+def _readme_quickstart() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    after = text.split("<!-- quickstart-stac -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_stac_quickstart_runs(tmp_path, monkeypatch, capsys):
+    from xharmonise.simulate import simulate_series
+
+    series = simulate_series((800, 800), seed=1, days=(-6, -1, 4), ref_clouds=[0.1, 0.9, 0.1])
+    write_catalog(tmp_path / "stac", series.ref, mask=series.mask)
+    # The Pleiades product: uint16 DN, reflectance x 10000.
+    dn = (series.src * 1e4).round().clip(1, 65535).astype("uint16").rio.write_nodata(0)
+    dn.rio.to_raster(tmp_path / "phr.tif")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_readme_quickstart(), "README.md", "exec"), namespace)
+    model = namespace["model"]
+    # The nearest date (the day before) was 90 % cloudy: its clear pixels and the next
+    # date's filled the fit, never the date 6 days away.
+    assert model.fit_report.dates["used"][0].startswith("2024-06-14")
+    assert not any(d.startswith("2024-06-09") for d in model.fit_report.dates["used"])
+    assert "2024-06-14" in capsys.readouterr().out
+    stored = xr.open_zarr(tmp_path / "phr_harmonised.zarr")
+    assert stored["prediction"].shape == series.src.shape
+    pred = stored["prediction"].values
+    truth = series.truth.reflectance.values
+    before = np.sqrt(np.nanmean((series.src.values - truth) ** 2))
+    assert np.sqrt(np.nanmean((pred - truth) ** 2)) < 0.5 * before

@@ -282,8 +282,10 @@ def compose(
         for i, c in zip(candidates, clear, strict=True):
             if used and int(union.sum()) >= need:
                 break
-            used.append(i)
-            union |= c
+            if c.any():  # a date clouded over gives nothing
+                used.append(i)
+                union |= c
+        used = used or candidates[:1]
     else:
         used = candidates
     ref_c, mask_c, which = _composite(ref, masks, used)

@@ -21,7 +21,7 @@ Dask-backed inputs stay lazy. Fine pixels the product does not cover come out Tr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dask.array as da
@@ -130,7 +130,9 @@ def cloud_mask_from_scl(
     ----------
     scl : xarray.DataArray
         The SCL band, integer class codes (uint8 in L2A products), (y, x) or (1, y, x)
-        with a CRS, typically at 20 m, e.g. ``rioxarray.open_rasterio(path)``.
+        with a CRS, typically at 20 m, e.g. ``rioxarray.open_rasterio(path)``; or
+        (time, y, x) for a series (odc-stac's ``load(items, bands=["SCL"])["SCL"]``),
+        which gives one mask per date, (time, y, x).
     classes : iterable of int
         SCL codes that count as cloud or unusable (see :data:`SCL_CLASSES`). The default
         :data:`SCL_CLOUD_CLASSES` is (0, 1, 3, 8, 9, 10): no data, saturated or defective,
@@ -185,6 +187,14 @@ def cloud_mask_from_scl(
     >>> mask.x.values.tolist(), mask.rio.crs.to_epsg()
     ([5.0, 15.0, 25.0, 35.0], 32632)
     """
+    if _dated(scl):
+        # One mask per date (odc-stac loads SCL as (time, y, x)), for a reference series.
+        return _per_date(
+            scl,
+            lambda one: cloud_mask_from_scl(
+                one, classes=classes, like=like, resolution=resolution, dilate=dilate
+            ),
+        )
     band = _single_band(scl, "the SCL", fix="the SCL layer (e.g. *_SCL_20m.jp2)")
     codes = _codes(classes, "classes", valid=range(len(SCL_CLASSES)), what="SCL class")
     _options(like=like, resolution=resolution, dilate=dilate)
@@ -249,6 +259,13 @@ def cloud_mask_from_clm(
     array([[0, 0],
            [1, 0]])
     """
+    if _dated(clm):
+        return _per_date(
+            clm,
+            lambda one: cloud_mask_from_clm(
+                one, bits=bits, like=like, resolution=resolution, dilate=dilate
+            ),
+        )
     band = _single_band(clm, "the CLM", fix="the CLM_R1 or CLM_R2 layer")
     width = band.dtype.itemsize * 8
     positions = _codes(bits, "bits", valid=range(width), what=f"bit of a {band.dtype} field")
@@ -318,6 +335,20 @@ def _options(*, like: Any, resolution: Any, dilate: Any) -> None:
         )
     checks.real(resolution, "resolution", minimum=0, above_minimum=True)
     checks.integer(dilate, "dilate", minimum=0, maximum=MAX_DILATE)
+
+
+def _dated(arr: Any) -> bool:
+    return isinstance(arr, xr.DataArray) and "time" in arr.dims and arr.sizes["time"] > 1
+
+
+def _per_date(arr: xr.DataArray, one: Callable[[xr.DataArray], xr.DataArray]) -> xr.DataArray:
+    """``one`` applied to each date of ``arr``, stacked along its ``time`` coordinate."""
+    masks = [one(arr.isel(time=i)) for i in range(arr.sizes["time"])]
+    stacked = xr.concat(masks, dim="time", coords="minimal", compat="override")
+    if "time" in arr.coords:
+        stacked = stacked.assign_coords(time=arr["time"].values)
+    stacked.attrs = dict(masks[0].attrs)
+    return stacked
 
 
 def _single_band(arr: Any, name: str, *, fix: str) -> xr.DataArray:

@@ -403,13 +403,19 @@ def scaling_like_training(
         return scale, offset
     dtype, trained_scale, trained_offset = trained
     from_training = np.issubdtype(np.dtype(dtype), np.integer)
-    if scale is None and "scale_factor" not in da.attrs:
+    # rioxarray gives every GeoTIFF it opens scale_factor 1 and add_offset 0: on integer DN
+    # they say nothing (no reflectance product stores DN as reflectance), so the scaling a
+    # fit was given explicitly for the same product still applies.
+    unscaled = _attr_number(da, "scale_factor", "the image") == 1.0 and not _attr_number(
+        da, "add_offset", "the image"
+    )
+    if scale is None and ("scale_factor" not in da.attrs or (unscaled and from_training)):
         if not from_training:
             raise InputValueError(
                 f"the image holds integer values ({da.dtype}) but the model was trained "
                 f"on {dtype} reflectance: give the DN scale with scale= (e.g. 1e-4)"
             )
         scale = trained_scale
-    if offset is None and "add_offset" not in da.attrs and from_training:
+    if offset is None and ("add_offset" not in da.attrs or unscaled) and from_training:
         offset = trained_offset
     return scale, offset
