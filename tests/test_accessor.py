@@ -64,6 +64,17 @@ def test_every_argument_is_forwarded_by_name(pair, name, monkeypatch):
     assert all(kwargs[k] is markers[k] for k in kwargs)
 
 
+def test_date_options_reach_fit_through_the_accessor():
+    from xharmonise.simulate import simulate_series
+
+    series = simulate_series((200, 200), days=(-2, 1), ref_clouds=0.1)
+    options = dict(method="linear", mask=series.mask, patch_size=8, dates="all", max_days=5)
+    via = series.src.harmonise.fit(series.ref, src_time="2024-06-16", **options)
+    free = xharmonise.fit(series.src, series.ref, src_time="2024-06-16", **options)
+    assert via.dates == free.dates and via.dates["policy"] == "all"
+    assert via.dates["source"] == "2024-06-16T00:00:00"
+
+
 def test_fit_and_predict_through_the_accessor_equal_the_free_functions(pair):
     # Every option away from its default, so that a dropped one changes the model.
     mask = xr.zeros_like(pair.mask)
@@ -84,6 +95,10 @@ def test_fit_and_predict_through_the_accessor_equal_the_free_functions(pair):
         device="cpu",
         progress=False,
         coregister=False,
+        # Only a reference time series uses these (test below): here they are inert.
+        src_time="2024-06-15",
+        dates="nearest",
+        max_days=10.0,
     )
     assert options.keys() == inspect.signature(api.fit).parameters.keys() - {"src", "ref"}
     via = pair.src.harmonise.fit(pair.ref, **options)

@@ -185,7 +185,7 @@ def test_one_reference_band_paired_twice_is_refused(pair):
 
 def test_too_few_training_pixels_for_the_linear_fit_is_refused(pair):
     # Was: ValueError: only 4 valid pixels to fit 5 terms.
-    with pytest.raises(InputValueError, match=r"4 pixels.*5 terms.*max_patches"):
+    with pytest.raises(InputValueError, match=r"4 clear pixels.*5 terms.*max_patches"):
         _fit(pair.src, pair.ref, max_patches=1)
 
 
@@ -397,7 +397,7 @@ def test_one_pixel_training_steps_are_refused(pair):
 
 def test_one_band_pair_with_one_training_pixel_is_refused(pair):
     # Was: the same BatchNorm ValueError, from the data rather than the options.
-    with pytest.raises(InputValueError, match=r"only 1 pixel\(s\) to train on"):
+    with pytest.raises(InputValueError, match=r"only 1 clear pixel\(s\) to train on"):
         _fit(
             pair.src.isel(band=[0]),
             pair.ref.isel(band=[0]),

@@ -9,10 +9,12 @@ arguments and carry the documentation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import xarray as xr
 
 from xharmonise import api
+from xharmonise.dates import DEFAULT_MAX_DAYS
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import MethodName
 from xharmonise.records import ShiftEstimate
@@ -41,6 +43,9 @@ class _HarmoniseAccessor:
         device: str = "auto",
         progress: bool = True,
         coregister: bool | ShiftEstimate = False,
+        src_time: Any = None,
+        dates: str | Sequence[Any] = "auto",
+        max_days: float = DEFAULT_MAX_DAYS,
     ) -> Harmoniser:
         """:func:`xharmonise.fit` with this object as the source ``src``.
 
@@ -72,6 +77,9 @@ class _HarmoniseAccessor:
             device=device,
             progress=progress,
             coregister=coregister,
+            src_time=src_time,
+            dates=dates,
+            max_days=max_days,
         )
 
     def estimate_shift(

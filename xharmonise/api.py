@@ -122,6 +122,8 @@ def estimate_shift(
     )
     mask = arguments.mask(mask)
     paired = stages.reflectance_pair(src, ref, scale=scale, offset=offset, bands=bands)
+    # A reference series is measured against the image fit would learn from.
+    paired, mask, _ = stages.single_reference(paired, mask)
     grid = _grid.pair_grid(paired.src, paired.ref)
     stages.warn_unknown_bands(paired.ref_bands, stacklevel=2)
     return stages.measure_shift(

@@ -246,8 +246,9 @@ def compose(
     """
     if "time" not in ref.coords or not np.issubdtype(ref["time"].dtype, np.datetime64):
         raise DimensionError(
-            "the reference's time dimension has no dates: give it a datetime coordinate, "
-            "e.g. ref.assign_coords(time=pd.to_datetime([...]))"
+            f"the reference has a time dimension with {ref.sizes['time']} dates but no "
+            "datetime coordinate: give its dates, e.g. ref.assign_coords(time=pd.to_datetime("
+            "[...])), or select one image with ref.isel(time=0)"
         )
     if source is None:
         raise DateError(

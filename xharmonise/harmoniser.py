@@ -427,7 +427,7 @@ class Harmoniser:
 
     @property
     def patches(self) -> dict[str, int]:
-        """Patch counts: total, valid, nodata, cloudy, train, test."""
+        """Patch counts: total, valid, nodata, cloudy, partial, train, test."""
         return self.fit_report.patches
 
     @property
@@ -445,6 +445,16 @@ class Harmoniser:
     def versions(self) -> dict[str, str]:
         """Package versions at fit time."""
         return self.fit_report.versions
+
+    @property
+    def dates(self) -> dict[str, Any]:
+        """The reference dates a fit on a time series used (empty for one image)."""
+        return self.fit_report.dates
+
+    @property
+    def date_metrics(self) -> xr.DataArray | None:
+        """Held-out metrics per reference date (band, metric, stage, date), or None."""
+        return self.fit_report.date_metrics
 
     def baseline(self) -> Harmoniser:
         """The linear baseline of this fit as a model of its own.
