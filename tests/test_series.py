@@ -21,6 +21,8 @@ DAYS = (-9, -1, 3)  # the nearest date is the day before the source
 NEAREST = "2024-06-14T00:00:00"
 NEXT = "2024-06-18T00:00:00"
 BUDGETS = {"linear": None, "calibnet": 100}
+# CalibNet's CPU budget draws 4096 pixels a step; 4 patches' worth (1024) is enough here.
+BATCHES = {"calibnet": 4}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def _fit(series, method="linear", **kw):
         method=method,
         patch_size=16,
         iterations=BUDGETS[method],
+        batch_size=BATCHES.get(method),
         progress=False,
         **kw,
     )
