@@ -27,13 +27,15 @@ BATCHES = {"calibnet": 4}
 
 @pytest.fixture(scope="module")
 def clean():
-    return simulate_series(SHAPE, seed=0, days=DAYS)
+    # Crops grow between dates, and parcels are harvested 2 days after the source date:
+    # the next date (+3) shows bare soil where the source saw crops.
+    return simulate_series(SHAPE, seed=0, days=DAYS, harvest_day=2)
 
 
 @pytest.fixture(scope="module")
 def heavy():
     # The nearest date is about 90 % covered (96 % on this scene), the others lightly.
-    return simulate_series(SHAPE, seed=0, days=DAYS, ref_clouds=[0.1, 0.9, 0.1])
+    return simulate_series(SHAPE, seed=0, days=DAYS, ref_clouds=[0.1, 0.9, 0.1], harvest_day=2)
 
 
 def _fit(series, method="linear", **kw):
@@ -63,6 +65,9 @@ def test_a_mostly_cloudy_nearest_date_is_filled_from_the_next(clean, heavy, meth
     record = model.fit_report.dates
     assert record["policy"] == "auto" and record["used"] == [NEAREST, NEXT]
     assert record["train_pixels"][NEAREST] > 0 and record["train_pixels"][NEXT] > 0
+    # The harvested parcels of the next date were left out; the nearest date's never are.
+    assert record["changed_pixels_left_out"][NEAREST] == 0
+    assert record["changed_pixels_left_out"][NEXT] > 0
     # Per-date metrics: one column per date used, every band scored.
     table = model.fit_report.date_metrics.sel(metric="rmse", stage="model")
     assert list(table["date"].values) == [NEAREST, NEXT]
@@ -89,6 +94,18 @@ def test_an_overcast_nearest_date_is_skipped_and_the_model_says_so(clean):
     nearest = next(c for c in record["candidates"] if c["date"] == NEAREST)
     assert nearest["clear_pixels"] == 0 and nearest["days"] == -1.0
     assert _rmse(model, clean) <= 1.3 * _rmse(_fit(clean, mask=None, dates="nearest"), clean)
+
+
+def test_changed_ground_is_left_out_where_it_would_spoil_the_fit(clean, heavy):
+    # The next date alone (trusted as given) carries the harvest into a linear fit; as a
+    # filler its changed pixels are found and left out.
+    yardstick = _rmse(_fit(clean, mask=None, dates="nearest"), clean)
+    alone = _rmse(_fit(heavy, dates=[NEXT]), clean)
+    filled = _fit(heavy, dates="all")
+    assert alone > 2 * yardstick
+    assert _rmse(filled, clean) <= 1.3 * yardstick
+    left_out = filled.fit_report.dates["changed_pixels_left_out"][NEXT]
+    assert left_out > 0.05 * filled.fit_report.dates["train_pixels"][NEXT]
 
 
 def test_far_dates_make_the_fit_worse_than_the_nearest(clean):

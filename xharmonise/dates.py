@@ -81,7 +81,8 @@ class DatedReference:
         The source date.
     record : dict
         JSON-able facts for the model: source date, policy, max_days, candidates within
-        the window with their clear pixels, the dates used.
+        the window with their clear pixels, the dates used and the clear pixels each
+        gives the composite (over the source's footprint).
     """
 
     ref: xr.DataArray
@@ -289,6 +290,15 @@ def compose(
         used = used or candidates[:1]
     else:
         used = candidates
+    # A date whose clear pixels are all clear on a nearer date too gives nothing: it is
+    # not read, and the record does not list it.
+    taken = np.zeros_like(clear[0])
+    gives: dict[int, int] = {}
+    for i in used:
+        c = clear[candidates.index(i)]
+        gives[i] = int((c & ~taken).sum())
+        taken |= c
+    used = [i for i in used if gives[i]] or used[:1]
     ref_c, mask_c, which = _composite(ref, masks, used)
     record = {
         "source": str(source),
@@ -299,6 +309,7 @@ def compose(
             for i, n in zip(candidates, counts, strict=True)
         ],
         "used": [str(times[i]) for i in used],
+        "composite_pixels": {str(times[i]): gives[i] for i in used},
     }
     return DatedReference(
         ref=ref_c,

@@ -694,6 +694,44 @@ def cut_cells(index: sampling.PatchIndex, cells: np.ndarray, values: np.ndarray)
     return out
 
 
+#: A training pixel from a date other than the nearest is left out when its residual to a
+#: robust linear fit exceeds this many robust standard deviations (1.4826 MAD) in a band:
+#: the ground changed between that date and the source's (a harvest, a flood), which no
+#: mapping of the source can learn.
+CHANGE_MADS = 4.0
+
+
+def leave_out_changes(
+    dated: dates.DatedReference, pair: PreparedPair, data: TrainingData
+) -> tuple[TrainingData, dict[str, int]]:
+    """``data`` with the training pixels of the farther dates whose ground changed masked
+    (NaN), and how many per date; the nearest date's pixels are kept as they are (its
+    outliers, e.g. the source's unmasked clouds, are the variance head's business)."""
+    if len(dated.dates) < 2:
+        return data, {}
+    which = np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
+    from_far = cut_cells(data.index, data.train_cells, which) > 0
+    src, ref = data.train.src, data.train.ref
+    labelled = ~np.isnan(ref).any(axis=1)
+    changed = np.zeros_like(labelled)
+    # Twice: the second fit no longer sees what the first found changed.
+    for _ in range(2):
+        trusted = np.where(changed[:, None], np.float32(np.nan), ref)
+        residual = ref - apply_linear(fit_linear(src, trusted, axis=1), src, axis=1)
+        values = np.moveaxis(residual, 1, 0)[:, labelled & ~changed]
+        centre = np.median(values, axis=1)
+        spread = 1.4826 * np.median(np.abs(values - centre[:, None]), axis=1)
+        spread = np.maximum(spread, np.finfo(np.float32).tiny)
+        z = np.abs(residual - centre[None, :, None, None]) / spread[None, :, None, None]
+        changed = labelled & from_far & (np.nan_to_num(z).max(axis=1) > CHANGE_MADS)
+    masked = np.where(changed[:, None], np.float32(np.nan), ref)
+    counts = {
+        str(d): int((changed & (cut_cells(data.index, data.train_cells, which) == k)).sum())
+        for k, d in enumerate(dated.dates)
+    }
+    return replace(data, train=replace(data.train, ref=masked)), counts
+
+
 def date_record(
     dated: dates.DatedReference, pair: PreparedPair, data: TrainingData
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -802,6 +840,9 @@ def run(
         max_patches=max_patches,
         seed=seed,
     )
+    left_out: dict[str, int] = {}
+    if dated is not None:
+        data, left_out = leave_out_changes(dated, pair, data)
     linear = fit_baseline(data)
     trained = None
     if spec.neural:
@@ -823,6 +864,7 @@ def run(
     labels: tuple[str, ...] = ()
     if dated is not None:
         record, which = date_record(dated, pair, data)
+        record["changed_pixels_left_out"] = left_out
         labels = tuple(str(d) for d in dated.dates)
     evaluation = evaluate(
         data, linear, trained, paired.ref_bands, seed=seed, which=which, date_labels=labels
