@@ -87,10 +87,12 @@ def test_a_lightly_cloudy_nearest_date_is_used_alone(clean):
 
 
 def test_an_overcast_nearest_date_is_skipped_and_the_model_says_so(clean):
-    overcast = simulate_series(SHAPE, seed=0, days=DAYS, ref_clouds=[0.1, 1.0, 0.1])
+    overcast = simulate_series(SHAPE, seed=0, days=DAYS, ref_clouds=[0.1, 1.0, 0.1], harvest_day=2)
     model = _fit(overcast)
     record = model.fit_report.dates
     assert record["used"] == [NEXT]
+    # Not the nearest date: its harvested parcels are found and left out.
+    assert record["changed_pixels_left_out"][NEXT] > 0
     nearest = next(c for c in record["candidates"] if c["date"] == NEAREST)
     assert nearest["clear_pixels"] == 0 and nearest["days"] == -1.0
     assert _rmse(model, clean) <= 1.3 * _rmse(_fit(clean, mask=None, dates="nearest"), clean)

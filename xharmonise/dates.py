@@ -77,6 +77,9 @@ class DatedReference:
         none.
     dates : tuple of numpy.datetime64
         The dates chosen, nearest to the source first.
+    trusted : int
+        How many of ``dates`` (0 or 1) need no check for changed ground: the nearest
+        candidate date when it is used, or the one date given explicitly.
     source : numpy.datetime64
         The source date.
     record : dict
@@ -91,6 +94,7 @@ class DatedReference:
     dates: tuple[np.datetime64, ...]
     source: np.datetime64
     record: dict[str, Any]
+    trusted: int = 1
 
 
 def as_date(value: Any, name: str) -> np.datetime64:
@@ -318,6 +322,7 @@ def compose(
         dates=tuple(times[i] for i in used),
         source=source,
         record=record,
+        trusted=int(used[0] == candidates[0]),
     )
 
 

@@ -706,11 +706,12 @@ def leave_out_changes(
 ) -> tuple[TrainingData, dict[str, int]]:
     """``data`` with the training pixels of the farther dates whose ground changed masked
     (NaN), and how many per date; the nearest date's pixels are kept as they are (its
-    outliers, e.g. the source's unmasked clouds, are the variance head's business)."""
-    if len(dated.dates) < 2:
+    outliers, e.g. the source's unmasked clouds, are the variance head's business), and
+    so are those of a single date given explicitly."""
+    if dated.trusted >= len(dated.dates):
         return data, {}
     which = np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
-    from_far = cut_cells(data.index, data.train_cells, which) > 0
+    from_far = cut_cells(data.index, data.train_cells, which) >= dated.trusted
     src, ref = data.train.src, data.train.ref
     labelled = ~np.isnan(ref).any(axis=1)
     changed = np.zeros_like(labelled)
