@@ -13,6 +13,7 @@ import xarray as xr
 import xharmonise
 from xharmonise import dates
 from xharmonise.errors import BandMismatchError, DateError, DimensionError
+from xharmonise.masks import dilate_mask
 from xharmonise.simulate import simulate_series
 from xharmonise.validation import score_against_truth
 
@@ -233,3 +234,38 @@ def test_source_dates_from_attributes():
     )
     assert dates.source_date(src) is None
     assert dates.as_date("2024-06-15T12:00:00+02:00", "x") == np.datetime64("2024-06-15T10:00")
+
+
+def test_the_pixels_left_out_are_the_harvested_ones(heavy):
+    # The changed-ground check against the simulator's truth: which training pixels of
+    # the filling date it masked, and which of them the harvest really changed.
+    from xharmonise import stages
+    from xharmonise.models import method
+
+    paired = stages.reflectance_pair(heavy.src, heavy.ref)
+    paired, mask, dated = stages.single_reference(paired, heavy.mask, patch_size=16)
+    pair = stages.prepare_pair(paired, mask=mask, coregister=False, measure=False, seed=0)
+    data = stages.build_training_data(
+        pair, method("linear"), patch_size=16, test_fraction=0.1, max_patches=None, seed=0
+    )
+    checked, counts = stages.leave_out_changes(dated, pair, data)
+    before = ~np.isnan(data.train.ref).any(axis=1)
+    after = ~np.isnan(checked.train.ref).any(axis=1)
+    left_out = before & ~after
+    g = pair.grid
+    which = dated.which.isel(y=g.ref_rows, x=g.ref_cols).values
+    truth = heavy.changed_ref.sel(time=np.datetime64(NEXT)).isel(y=g.ref_rows, x=g.ref_cols)
+    changed = stages.cut_cells(data.index, data.train_cells, truth.values)
+    # The S2 blur carries a harvested parcel's change up to 2 pixels beyond its footprint.
+    blurred = stages.cut_cells(
+        data.index, data.train_cells, dilate_mask(truth.values.astype(bool), 2)
+    )
+    assert left_out.sum() == counts[NEXT] > 0
+    # It finds the harvest it saw, nearly all of it; the rest of what it masks is mostly
+    # the far tail of crop growth (about half the masked pixels), and it leaves the
+    # filling date's other pixels to the fit.
+    from_next = before & (stages.cut_cells(data.index, data.train_cells, which) == 1)
+    recall = (left_out & changed).sum() / (before & changed).sum()
+    precision = (left_out & blurred).sum() / left_out.sum()
+    assert recall > 0.9 and precision > 0.4, (recall, precision)
+    assert left_out.sum() < 0.25 * from_next.sum()
