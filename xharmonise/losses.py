@@ -59,9 +59,11 @@ def relative_error(
     >>> round(float(relative_error(torch.tensor([1.1, 5.0]), t, eps=0.0, masked=True)), 6)
     0.1
     """
-    if masked:
-        return masked_mean(lambda t: (t - pred).abs() / (t.abs() + eps), pred, target)
-    return ((target - pred).abs() / (target.abs() + eps)).mean()
+
+    def terms(t: torch.Tensor) -> torch.Tensor:
+        return (t - pred).abs() / (t.abs() + eps)
+
+    return masked_mean(terms, pred, target) if masked else terms(target).mean()
 
 
 def masked_mean(
@@ -129,39 +131,29 @@ def gaussian_nll(
     >>> float(gaussian_nll(torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)))
     2.0
     """
-    if masked:
-        return masked_mean(
-            lambda t: (t - pred).square() / (2.0 * var) + 0.5 * torch.log(var), pred, target
-        )
-    return ((target - pred).square() / (2.0 * var) + 0.5 * torch.log(var)).mean()
+
+    def terms(t: torch.Tensor) -> torch.Tensor:
+        return (t - pred).square() / (2.0 * var) + 0.5 * torch.log(var)
+
+    return masked_mean(terms, pred, target) if masked else terms(target).mean()
 
 
-def _relative_error_loss(
-    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
-) -> torch.Tensor:
-    return relative_error(pred, target)
+def _relative_error_loss(masked: bool) -> LossFn:
+    def loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        return relative_error(pred, target, masked=masked)
+
+    return loss
 
 
-def _masked_relative_error_loss(
-    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
-) -> torch.Tensor:
-    return relative_error(pred, target, masked=True)
+def _nll_loss(masked: bool) -> LossFn:
+    def loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        if var is None:
+            raise ValueError(
+                "the Gaussian NLL needs a variance; build the model with variance=True"
+            )
+        return gaussian_nll(pred, var, target, masked=masked)
 
-
-def _nll_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-    return gaussian_nll(pred, _needs(var), target)
-
-
-def _masked_nll_loss(
-    pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor
-) -> torch.Tensor:
-    return gaussian_nll(pred, _needs(var), target, masked=True)
-
-
-def _needs(var: torch.Tensor | None) -> torch.Tensor:
-    if var is None:
-        raise ValueError("the Gaussian NLL needs a variance; build the model with variance=True")
-    return var
+    return loss
 
 
 def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
@@ -187,9 +179,7 @@ def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
     >>> float(loss(torch.ones(2), None, torch.ones(2)))
     0.0
     """
-    if masked:
-        return _masked_nll_loss if variance else _masked_relative_error_loss
-    return _nll_loss if variance else _relative_error_loss
+    return _nll_loss(masked) if variance else _relative_error_loss(masked)
 
 
 def model_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
