@@ -248,7 +248,7 @@ def test_the_pixels_left_out_are_the_harvested_ones(heavy):
     data = stages.build_training_data(
         pair, method("linear"), patch_size=16, test_fraction=0.1, max_patches=None, seed=0
     )
-    checked, counts = stages.leave_out_changes(dated, pair, data)
+    checked, counts = stages.leave_out_changes(dated, stages.date_index(dated, pair), data)
     before = ~np.isnan(data.train.ref).any(axis=1)
     after = ~np.isnan(checked.train.ref).any(axis=1)
     left_out = before & ~after

@@ -53,12 +53,17 @@ __all__ = [
     "TrainingData",
     "assemble",
     "build_training_data",
+    "cut_cells",
+    "date_index",
+    "date_record",
     "evaluate",
     "fit_baseline",
+    "leave_out_changes",
     "measure_shift",
     "prepare_pair",
     "reflectance_pair",
     "run",
+    "single_reference",
     "train_network",
     "warn_unknown_bands",
 ]
@@ -701,17 +706,23 @@ def cut_cells(index: sampling.PatchIndex, cells: np.ndarray, values: np.ndarray)
 CHANGE_MADS = 4.0
 
 
+def date_index(dated: dates.DatedReference, pair: PreparedPair) -> np.ndarray:
+    """Which date (index into ``dated.dates``, -1 none) each reference pixel of the
+    training grid comes from, in memory: computed once, it reads the reference dates."""
+    return np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
+
+
 def leave_out_changes(
-    dated: dates.DatedReference, pair: PreparedPair, data: TrainingData
+    dated: dates.DatedReference, which: np.ndarray, data: TrainingData
 ) -> tuple[TrainingData, dict[str, int]]:
     """``data`` with the training pixels of the farther dates whose ground changed masked
-    (NaN), and how many per date; the nearest date's pixels are kept as they are (its
-    outliers, e.g. the source's unmasked clouds, are the variance head's business), and
-    so are those of a single date given explicitly."""
+    (NaN), and how many per date (``which`` from :func:`date_index`); the nearest date's
+    pixels are kept as they are (its outliers, e.g. the source's unmasked clouds, are the
+    variance head's business), and so are those of a single date given explicitly."""
     if dated.trusted >= len(dated.dates):
         return data, {}
-    which = np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
-    from_far = cut_cells(data.index, data.train_cells, which) >= dated.trusted
+    train_dates = cut_cells(data.index, data.train_cells, which)
+    from_far = train_dates >= dated.trusted
     src, ref = data.train.src, data.train.ref
     labelled = ~np.isnan(ref).any(axis=1)
     changed = np.zeros_like(labelled)
@@ -726,19 +737,16 @@ def leave_out_changes(
         z = np.abs(residual - centre[None, :, None, None]) / spread[None, :, None, None]
         changed = labelled & from_far & (np.nan_to_num(z).max(axis=1) > CHANGE_MADS)
     masked = np.where(changed[:, None], np.float32(np.nan), ref)
-    counts = {
-        str(d): int((changed & (cut_cells(data.index, data.train_cells, which) == k)).sum())
-        for k, d in enumerate(dated.dates)
-    }
+    counts = {str(d): int((changed & (train_dates == k)).sum()) for k, d in enumerate(dated.dates)}
     return replace(data, train=replace(data.train, ref=masked)), counts
 
 
 def date_record(
-    dated: dates.DatedReference, pair: PreparedPair, data: TrainingData
+    dated: dates.DatedReference, which: np.ndarray, data: TrainingData
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The model's record of the dates a fit used (with the training patches and clear
-    pixels each gave), and the held-out patches' date index per pixel."""
-    which = np.asarray(dated.which.isel(y=pair.grid.ref_rows, x=pair.grid.ref_cols).values)
+    pixels each gave), and the held-out patches' date index per pixel (``which`` from
+    :func:`date_index`)."""
     train = cut_cells(data.index, data.train_cells, which)
     labelled = ~np.isnan(data.train.ref).any(axis=1)
     eval_cells = data.test_cells if len(data.test_cells) else data.train_cells
@@ -842,8 +850,10 @@ def run(
         seed=seed,
     )
     left_out: dict[str, int] = {}
+    grid_dates = None
     if dated is not None:
-        data, left_out = leave_out_changes(dated, pair, data)
+        grid_dates = date_index(dated, pair)
+        data, left_out = leave_out_changes(dated, grid_dates, data)
     linear = fit_baseline(data)
     trained = None
     if spec.neural:
@@ -863,8 +873,8 @@ def run(
     record: dict[str, Any] = {}
     which: np.ndarray | None = None
     labels: tuple[str, ...] = ()
-    if dated is not None:
-        record, which = date_record(dated, pair, data)
+    if dated is not None and grid_dates is not None:
+        record, which = date_record(dated, grid_dates, data)
         record["changed_pixels_left_out"] = left_out
         labels = tuple(str(d) for d in dated.dates)
     evaluation = evaluate(
