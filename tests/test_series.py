@@ -239,7 +239,7 @@ def test_source_dates_from_attributes():
 def test_the_pixels_left_out_are_the_harvested_ones(heavy):
     # The changed-ground check against the simulator's truth: which training pixels of
     # the filling date it masked, and which of them the harvest really changed.
-    from xharmonise import stages
+    from xharmonise import sampling, stages
     from xharmonise.models import method
 
     paired = stages.reflectance_pair(heavy.src, heavy.ref)
@@ -255,16 +255,16 @@ def test_the_pixels_left_out_are_the_harvested_ones(heavy):
     g = pair.grid
     which = dated.which.isel(y=g.ref_rows, x=g.ref_cols).values
     truth = heavy.changed_ref.sel(time=np.datetime64(NEXT)).isel(y=g.ref_rows, x=g.ref_cols)
-    changed = stages.cut_cells(data.index, data.train_cells, truth.values)
+    changed = sampling.windows(data.index, data.train_cells, truth.values)
     # The S2 blur carries a harvested parcel's change up to 2 pixels beyond its footprint.
-    blurred = stages.cut_cells(
+    blurred = sampling.windows(
         data.index, data.train_cells, dilate_mask(truth.values.astype(bool), 2)
     )
     assert left_out.sum() == counts[NEXT] > 0
     # It finds the harvest it saw, nearly all of it; the rest of what it masks is mostly
     # the far tail of crop growth (about half the masked pixels), and it leaves the
     # filling date's other pixels to the fit.
-    from_next = before & (stages.cut_cells(data.index, data.train_cells, which) == 1)
+    from_next = before & (sampling.windows(data.index, data.train_cells, which) == 1)
     recall = (left_out & changed).sum() / (before & changed).sum()
     precision = (left_out & blurred).sum() / left_out.sum()
     assert recall > 0.9 and precision > 0.4, (recall, precision)

@@ -36,6 +36,7 @@ __all__ = [
     "patch_validity",
     "reduce_to_reference",
     "split_patches",
+    "windows",
 ]
 
 
@@ -406,6 +407,27 @@ class Patches:
     src_full: np.ndarray | None = None
 
 
+def windows(index: PatchIndex, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The windows of a reference-grid array (..., Y, X) under the patches ``cells``, as
+    (n, ..., p, p).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ok = np.ones((2, 2), bool)
+    >>> index = PatchIndex(ok, ~ok, ~ok, patch_size=2, ring=1)
+    >>> values = np.arange(36).reshape(6, 6)
+    >>> windows(index, np.array([[1, 0]]), values).tolist()
+    [[[19, 20], [25, 26]]]
+    """
+    p = index.patch_size
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+    out = np.empty((len(cells), *values.shape[:-2], p, p), values.dtype)
+    for i, (r, c) in enumerate(zip(r0, c0, strict=True)):
+        out[i] = values[..., r : r + p, c : c + p]
+    return out
+
+
 def gather(
     index: PatchIndex,
     cells: np.ndarray,
@@ -454,10 +476,7 @@ def gather(
     r0, c0 = index.origin(cells[:, 0], cells[:, 1])
 
     def cut(arr: np.ndarray) -> np.ndarray:
-        out = np.empty((len(cells), arr.shape[0], p, p), np.float32)
-        for i, (r, c) in enumerate(zip(r0, c0, strict=True)):
-            out[i] = arr[:, r : r + p, c : c + p]
-        return out
+        return windows(index, cells, arr).astype(np.float32, copy=False)
 
     full = None
     if src is not None:
@@ -472,7 +491,7 @@ def gather(
         order = np.lexsort((c0, r0))
         for start in range(0, len(order), _GATHER_BATCH):
             batch = order[start : start + _GATHER_BATCH]
-            windows = [
+            reads = [
                 src.data[
                     :,
                     r0[i] * factor - margin : r0[i] * factor - margin + size,
@@ -480,7 +499,7 @@ def gather(
                 ]
                 for i in batch
             ]
-            for i, window in zip(batch, dask.compute(*windows), strict=True):
+            for i, window in zip(batch, dask.compute(*reads), strict=True):
                 full[i] = window
     ref = coarse.ref
     if index.clear is not None:

@@ -53,7 +53,6 @@ __all__ = [
     "TrainingData",
     "assemble",
     "build_training_data",
-    "cut_cells",
     "date_index",
     "date_record",
     "evaluate",
@@ -485,11 +484,9 @@ def build_training_data(
 
 def _clear_pixels(index: sampling.PatchIndex, cells: np.ndarray) -> int:
     """Reference pixels clear of the mask in the patches ``cells``."""
-    p = index.patch_size
     if index.clear is None:
-        return len(cells) * p**2
-    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
-    return int(sum(index.clear[r : r + p, c : c + p].sum() for r, c in zip(r0, c0, strict=True)))
+        return len(cells) * index.patch_size**2
+    return int(sampling.windows(index, cells, index.clear).sum())
 
 
 def fit_baseline(data: TrainingData) -> np.ndarray:
@@ -655,7 +652,7 @@ def evaluate(
 ) -> Evaluation:
     """Score the source as it is, the linear baseline and the model on the held-out
     patches (the model is the baseline when nothing was trained); with ``which`` (the
-    held-out patches' date index per pixel, from :func:`cut_cells`), per date too."""
+    held-out patches' date index per pixel, from :func:`date_record`), per date too."""
     held = data.held_out
     predictions: dict[str, np.ndarray] = {
         "initial": held.src,
@@ -688,17 +685,6 @@ def evaluate(
     )
 
 
-def cut_cells(index: sampling.PatchIndex, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The (n, p, p) windows of a (Y, X) reference-grid array under the patches
-    ``cells``."""
-    p = index.patch_size
-    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
-    out = np.empty((len(cells), p, p), values.dtype)
-    for i, (r, c) in enumerate(zip(r0, c0, strict=True)):
-        out[i] = values[r : r + p, c : c + p]
-    return out
-
-
 #: A training pixel from a date other than the nearest is left out when its residual to a
 #: robust linear fit exceeds this many robust standard deviations (1.4826 MAD) in a band:
 #: the ground changed between that date and the source's (a harvest, a flood), which no
@@ -721,7 +707,7 @@ def leave_out_changes(
     variance head's business), and so are those of a single date given explicitly."""
     if dated.trusted >= len(dated.dates):
         return data, {}
-    train_dates = cut_cells(data.index, data.train_cells, which)
+    train_dates = sampling.windows(data.index, data.train_cells, which)
     from_far = train_dates >= dated.trusted
     src, ref = data.train.src, data.train.ref
     labelled = ~np.isnan(ref).any(axis=1)
@@ -747,7 +733,7 @@ def date_record(
     """The model's record of the dates a fit used (with the training patches and clear
     pixels each gave), and the held-out patches' date index per pixel (``which`` from
     :func:`date_index`)."""
-    train = cut_cells(data.index, data.train_cells, which)
+    train = sampling.windows(data.index, data.train_cells, which)
     labelled = ~np.isnan(data.train.ref).any(axis=1)
     eval_cells = data.test_cells if len(data.test_cells) else data.train_cells
     record = dict(dated.record)
@@ -758,7 +744,7 @@ def date_record(
         str(d): int(((train == k) & labelled).any(axis=(1, 2)).sum())
         for k, d in enumerate(dated.dates)
     }
-    return record, cut_cells(data.index, eval_cells, which)
+    return record, sampling.windows(data.index, eval_cells, which)
 
 
 def _sample_pixels(stages: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
