@@ -163,7 +163,7 @@ def s3(tmp_path_factory) -> Iterator[dict[str, Any]]:
     }
     try:
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a loaded 2-core machine
         while True:
             try:
                 fs.mkdir(BUCKET)
