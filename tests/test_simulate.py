@@ -141,3 +141,20 @@ def test_dataarrays_are_well_formed():
     pair = simulate_pair((100, 100))
     assert isinstance(pair.src, xr.DataArray) and pair.src.dims == ("band", "y", "x")
     assert pair.mask.dims == ("y", "x")
+
+
+def test_hashing_a_few_distinct_keys_by_lattice_gives_the_direct_hash():
+    # The simulator hashes each distinct key of a block once (its bounding box) when
+    # pixels share keys: the values must be those of hashing every pixel's key.
+    from xharmonise.simulate import _hash, _hash_keys, _lattice
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[-300:300, 1000:1400]
+    cells = [(np.floor(x / 7.0), np.floor(y / 11.0), 2), (y // 50, 5, x // 3), (x % 9, y % 4)]
+    for keys in cells:
+        ints = [np.asarray(k).astype(np.int64) for k in keys]
+        assert _lattice(ints) is not None  # the fast path is taken
+        np.testing.assert_array_equal(_hash(7, 3, *keys), _hash_keys(7, 3, ints))
+    # Keys as many as pixels, or too few pixels: hashed directly.
+    assert _lattice([y.astype(np.int64), x.astype(np.int64)]) is None
+    assert _lattice([rng.integers(0, 4, (10, 10))]) is None

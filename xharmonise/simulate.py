@@ -329,12 +329,56 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def _hash(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
+    ints = [np.asarray(k).astype(np.int64) for k in keys]
+    table = _lattice(ints)
+    if table is not None:
+        # Many pixels share few keys (a parcel's, a lattice cell's): hash each distinct
+        # key once, on the keys' bounding box, and look the pixels up. Same values.
+        lows, grids, where = table
+        return _hash_keys(seed, stream, grids)[
+            tuple(k - lo for k, lo in zip(where, lows, strict=True))
+        ]
+    return _hash_keys(seed, stream, ints)
+
+
+def _hash_keys(seed: int, stream: int, keys: list[np.ndarray]) -> np.ndarray:
     with np.errstate(over="ignore"):
         h = _mix(np.asarray(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _GOLDEN * np.uint64(stream)))
         for k in keys:
-            k = np.asarray(k).astype(np.int64).view(np.uint64)
-            h = _mix(h ^ (k + _GOLDEN))
+            h = _mix(h ^ (k.view(np.uint64) + _GOLDEN))
     return h
+
+
+# Below this many values a direct hash costs less than finding the keys' bounding box.
+_LATTICE_MIN_SIZE = 4096
+
+
+def _lattice(
+    keys: list[np.ndarray],
+) -> tuple[list[int], list[np.ndarray], list[np.ndarray]] | None:
+    """The keys' bounding-box lattice when it is much smaller than the keys, else None.
+
+    Returns the lower corner, the lattice's keys (scalar keys kept, array keys as open
+    grids over the box) and the array keys broadcast to the output shape.
+    """
+    arrays = [i for i, k in enumerate(keys) if k.ndim > 0]
+    if not arrays:
+        return None
+    shape = np.broadcast_shapes(*(keys[i].shape for i in arrays))
+    size = math.prod(shape)
+    if size < _LATTICE_MIN_SIZE:
+        return None
+    lows = [int(keys[i].min()) for i in arrays]
+    spans = [int(keys[i].max()) - lo + 1 for i, lo in zip(arrays, lows, strict=True)]
+    if math.prod(spans) * 4 > size:
+        return None
+    grids = list(keys)
+    for axis, (i, lo, span) in enumerate(zip(arrays, lows, spans, strict=True)):
+        view = [1] * len(arrays)
+        view[axis] = span
+        grids[i] = np.arange(lo, lo + span, dtype=np.int64).reshape(view)
+    where = [np.broadcast_to(keys[i], shape) for i in arrays]
+    return lows, grids, where
 
 
 def _uniform(seed: int, stream: int, *keys: np.ndarray | int) -> np.ndarray:
