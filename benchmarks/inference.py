@@ -161,7 +161,7 @@ def _cluster_run(model: Harmoniser, src: xr.DataArray, repeat: int, trim: bool) 
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port (None still binds 8787)
             memory_limit="2GiB",
         )
         client = Client(cluster)

@@ -73,7 +73,9 @@ def main(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,  # no web server: nothing to clash with on a shared box
+            # Any free port for the scheduler's web server: None would not turn it off
+            # but bind the default 8787, and only warn when another cluster holds it.
+            dashboard_address=":0",
             memory_limit="1GiB",
         ) as cluster,
         Client(cluster) as client,

@@ -64,13 +64,30 @@ class FailAfter:
 
 
 @contextmanager
+def dashboard_port_taken() -> Iterator[None]:
+    """Hold distributed's default web port (8787), as another cluster on the box would."""
+    sock = socket.socket()
+    try:
+        sock.bind(("0.0.0.0", 8787))
+        sock.listen()
+    except OSError:
+        pass  # already held by someone else: the same situation
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+@contextmanager
 def local_cluster() -> Iterator[Client]:
-    """A real two-process Dask cluster (one thread each, no dashboard), closed on exit."""
+    """A real two-process Dask cluster (one thread each), closed on exit."""
     cluster = LocalCluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        # A free port: None still binds 8787 and warns (an error here) when the other
+        # xdist worker's cluster or an example's holds it.
+        dashboard_address=":0",
         memory_limit="1GiB",
     )
     client = Client(cluster)

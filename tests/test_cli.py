@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import rioxarray
 import xarray as xr
-from conftest import BUCKET, FailAfter, local_cluster
+from conftest import BUCKET, FailAfter, dashboard_port_taken, local_cluster
 from dask.utils import key_split
 
 import xharmonise
@@ -317,7 +317,8 @@ def test_closed_pipe_ends_quietly(files, linear_fit, tmp_path):
 def test_predict_on_a_cluster(files, linear_fit, tmp_path):
     model, _ = linear_fit
     store = tmp_path / "out.zarr"
-    with local_cluster() as client:
+    # Another cluster's web server on the default port must not stop this one.
+    with dashboard_port_taken(), local_cluster() as client:
         client.get_task_stream()  # the first call makes the scheduler start recording
         proc = _ok(
             xh(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rioxarray
 import xarray as xr
-from conftest import shared_data
+from conftest import dashboard_port_taken, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -96,10 +96,12 @@ def test_aerial_s2_without_data_says_where_it_lives(tmp_path):
 
 def test_cluster_inference(tmp_path):
     store = tmp_path / "cluster.zarr"
-    out, _ = _run(
-        "cluster_inference.py",
-        *("--size", "300", "--chunk", "128", "--workers", "2", "--out", str(store)),
-    )
+    # Another cluster's web server on the default port must not stop this one.
+    with dashboard_port_taken():
+        out, _ = _run(
+            "cluster_inference.py",
+            *("--size", "300", "--chunk", "128", "--workers", "2", "--out", str(store)),
+        )
     assert "cluster: 2 workers" in out and "read back" in out
     back = xr.open_zarr(store)
     assert back["prediction"].shape == (4, 300, 300)
