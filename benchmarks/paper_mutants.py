@@ -75,7 +75,11 @@ def mutant(name: str) -> Iterator[None]:
         # A Gaussian this narrow is a point kernel on the source grid: sampling, no blur.
         _set(psf, "reference_sigmas", lambda bands, factor: [1e-3] * len(bands), undo)
     elif name == "head":
-        _set(training, "loss_function", lambda variance: losses.loss_function(False), undo)
+
+        def headless(variance: bool, *, masked: bool = False) -> Any:
+            return losses.loss_function(False, masked=masked)
+
+        _set(training, "loss_function", headless, undo)
     elif name == "frozen":
         init = bcnet.BCNet.__init__
 
@@ -136,7 +140,12 @@ class _Mutate:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         test = report.nodeid.split("::")[-1]
         if report.failed:
-            self.outcomes[test] = "failed"
+            # Only a failed assertion is the test catching the mutant; any other exception
+            # (a mutant that no longer fits the code it patches) is reported as such.
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(report.longrepr)
+            caught = report.when == "call" and message.startswith(("AssertionError", "assert"))
+            self.outcomes[test] = "failed" if caught else f"error: {message.splitlines()[0]}"
         elif report.when == "call" and report.passed:
             self.outcomes.setdefault(test, "passed")
 
@@ -182,11 +191,12 @@ def main() -> None:
         for name in args.mutants:
             res = run(name)
             failed = {t for t, o in res["outcomes"].items() if o == "failed"}
+            errors = {t for t, o in res["outcomes"].items() if o.startswith("error")}
             if name == "none":
-                res["ok"] = not failed and len(res["outcomes"]) > 0
+                res["ok"] = not failed and not errors and len(res["outcomes"]) > 0
             else:
                 res["must_fail"] = sorted(EXPECTED[name])
-                res["ok"] = EXPECTED[name] <= failed
+                res["ok"] = not errors and EXPECTED[name] <= failed
             results["runs"][name] = res
             print(name, json.dumps(res, indent=1), flush=True)
     results["all_ok"] = all(r["ok"] for r in results["runs"].values())
