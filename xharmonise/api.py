@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from xharmonise import arguments, stages
@@ -368,10 +369,19 @@ def predict(
         coords=coords,
     )
     if with_variance and model.variance:
-        ds["variance"] = (("band", "y", "x"), out[n:])
+        variance = out[n:]
+        if model.variance_scale is not None:
+            # The calibration chosen at fit time: one factor per band, applied lazily.
+            variance = variance * np.asarray(model.variance_scale, np.float32)[:, None, None]
+        ds["variance"] = (("band", "y", "x"), variance)
     ds["prediction"].attrs.update(long_name="harmonised reflectance", units="1")
     if "variance" in ds:
-        ds["variance"].attrs.update(long_name="predictive variance", units="1")
+        ds["variance"].attrs.update(
+            long_name="predictive variance",
+            units="1",
+            # A string, not a bool: netCDF attributes cannot hold booleans.
+            calibration="none" if model.variance_scale is None else "per-band scale",
+        )
     ds.attrs.update(
         method=model.method,
         source_bands=list(model.src_bands),

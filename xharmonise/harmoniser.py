@@ -97,6 +97,10 @@ class Mapping:
         East and north shift (CRS units) the source was corrected by before training
         (``fit(..., coregister=True)``); ``predict`` moves its output by minus it. None
         when the source was not moved.
+    variance_scale : tuple of float or None
+        Per-band factor ``predict`` multiplies the variance head's σ² by, chosen after
+        training on the validation patches (:mod:`xharmonise.calibration`). None: no
+        head, or a model saved before calibration existed (its σ² is the head's own).
 
     Raises
     ------
@@ -133,6 +137,7 @@ class Mapping:
     variance: bool
     grid: PairGrid
     applied_shift: tuple[float, float] | None
+    variance_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         spec = method(self.method)
@@ -204,6 +209,21 @@ class Mapping:
                     "give two finite numbers or None",
                 )
             shift = (float(given[0]), float(given[1]))
+        scale = self.variance_scale
+        if scale is not None:
+            scale = tuple(scale) if not isinstance(scale, str) else (scale,)
+            if not self.variance or len(scale) != n:
+                raise _invalid(
+                    f"variance_scale {self.variance_scale!r} for a mapping of {n} bands "
+                    f"{'with' if self.variance else 'without'} a variance head",
+                    "give one factor per band, and only with a variance head (or None)",
+                )
+            if not all(_is_number(v) and v > 0 for v in scale):
+                raise _invalid(
+                    f"variance_scale {self.variance_scale!r}", "give positive finite factors"
+                )
+            scale = tuple(float(v) for v in scale)
+        object.__setattr__(self, "variance_scale", scale)
         # Frozen: normalise the sequences through object.__setattr__, once, here.
         object.__setattr__(self, "src_bands", src)
         object.__setattr__(self, "ref_bands", ref)
@@ -252,6 +272,11 @@ class FitReport:
     date_metrics : xarray.DataArray or None
         For a reference time series, ``metrics`` per date the held-out pixels come from
         (band, metric, stage, date).
+    calibration : xarray.DataArray or None
+        With a variance head: (band, measure, stage) coverage of ±1σ, ±1.96σ, ±2.58σ and
+        mean NLL on the test patches, ``before`` and ``after`` the calibration
+        (:func:`xharmonise.calibration.calibration_table`). None otherwise, and for models
+        saved before calibration existed.
 
     Raises
     ------
@@ -276,6 +301,7 @@ class FitReport:
     versions: dict[str, str]
     dates: dict[str, Any] = field(default_factory=dict)
     date_metrics: xr.DataArray | None = None
+    calibration: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, xr.DataArray):
@@ -294,6 +320,11 @@ class FitReport:
             raise _invalid(
                 f"shift_estimate is a {type_name(self.shift_estimate)}",
                 "give a ShiftEstimate or None",
+            )
+        if self.calibration is not None and not isinstance(self.calibration, xr.DataArray):
+            raise _invalid(
+                f"calibration is a {type_name(self.calibration)}",
+                "give an xarray.DataArray or None",
             )
 
 
@@ -400,6 +431,16 @@ class Harmoniser:
         return self.mapping.variance
 
     @property
+    def variance_scale(self) -> tuple[float, ...] | None:
+        """Per-band σ² calibration factor ``predict`` applies; None when uncalibrated."""
+        return self.mapping.variance_scale
+
+    @property
+    def calibration(self) -> xr.DataArray | None:
+        """Test-split coverage and NLL of σ² before and after calibration, or None."""
+        return self.fit_report.calibration
+
+    @property
     def grid(self) -> PairGrid:
         """The training grid."""
         return self.mapping.grid
@@ -485,8 +526,10 @@ class Harmoniser:
         if "linear" in samples:
             samples["model"] = samples["linear"]
         return Harmoniser(
-            mapping=replace(self.mapping, method="linear", net=None, variance=False),
-            fit_report=replace(r, metrics=metrics, history={}, samples=samples),
+            mapping=replace(
+                self.mapping, method="linear", net=None, variance=False, variance_scale=None
+            ),
+            fit_report=replace(r, metrics=metrics, history={}, samples=samples, calibration=None),
         )
 
     @property
@@ -706,6 +749,7 @@ def _encode(model: Harmoniser) -> bytes:
             "grid": m.grid.to_json(),
             "applied_shift": None if m.applied_shift is None else list(m.applied_shift),
             "net_config": _jsonable(net_config),
+            "variance_scale": None if m.variance_scale is None else list(m.variance_scale),
         },
         "fit_report": {
             "metrics": r.metrics.to_dict(),
@@ -715,6 +759,7 @@ def _encode(model: Harmoniser) -> bytes:
             "versions": dict(r.versions),
             "dates": _jsonable(r.dates),
             "date_metrics": None if r.date_metrics is None else r.date_metrics.to_dict(),
+            "calibration": None if r.calibration is None else r.calibration.to_dict(),
         },
         "saved_by": package_versions(),
     }
@@ -913,11 +958,17 @@ _NET_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 def _require(
-    d: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], str]], where: str = ""
+    d: dict[str, Any],
+    fields: dict[str, tuple[type | tuple[type, ...], str]],
+    where: str = "",
+    optional: bool = False,
 ) -> None:
-    """Every field present with its JSON type, or :class:`_Damaged` naming the first not."""
+    """Every field present (unless ``optional``) with its JSON type, or :class:`_Damaged`
+    naming the first not."""
     for key, (kind, what) in fields.items():
         if key not in d:
+            if optional:
+                continue
             raise _Damaged(f"no {where}{key!r} entry")
         value = d[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
@@ -953,6 +1004,8 @@ def _model(
     grid: PairGrid,
     applied_shift: tuple[float, float] | None,
     shift_estimate: ShiftEstimate | None,
+    variance_scale: list[float] | None = None,
+    calibration: xr.DataArray | None = None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
     method(m["method"])  # an unknown method is named as such, before its network is built
@@ -976,6 +1029,7 @@ def _model(
         variance=m["variance"],
         grid=grid,
         applied_shift=applied_shift,
+        variance_scale=None if variance_scale is None else tuple(variance_scale),
     )
     report = FitReport(
         metrics=metrics,
@@ -988,6 +1042,7 @@ def _model(
         # Files from before reference time series have neither.
         dates=r.get("dates") or {},
         date_metrics=_date_metrics(r.get("date_metrics")),
+        calibration=calibration,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -1035,6 +1090,15 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
     _require(r, _REPORT_2_FIELDS, "fit_report ")
     shift = m["applied_shift"]
     est = r["shift_estimate"]
+    # Optional: files written before calibration existed have neither (uncalibrated σ²).
+    _require(m, {"variance_scale": ((list, type(None)), "a list or null")}, "mapping ", True)
+    _require(r, {"calibration": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
+    calibration = None
+    if r.get("calibration") is not None:
+        try:
+            calibration = xr.DataArray.from_dict(r["calibration"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise _Damaged(f"unreadable calibration: {err}") from None
     return _model(
         m,
         r,
@@ -1042,6 +1106,8 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         grid=PairGrid.from_json(m["grid"]),
         applied_shift=None if shift is None else tuple(shift),
         shift_estimate=None if est is None else ShiftEstimate.from_dict(est),
+        variance_scale=m.get("variance_scale"),
+        calibration=calibration,
     )
 
 

@@ -27,6 +27,7 @@ import xarray as xr
 
 from xharmonise import checks, dates, psf, sampling
 from xharmonise import grid as _grid
+from xharmonise.calibration import calibration_table, variance_scale
 from xharmonise.coregister import estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
@@ -508,13 +509,17 @@ class Trained:
     prediction : numpy.ndarray
         (patch, band, y, x) prediction on the held-out patches.
     variance : numpy.ndarray or None
-        Its variance, for networks with a variance head.
+        Its variance as the head gives it, for networks with a variance head.
+    variance_scale : numpy.ndarray or None
+        (band,) factors calibrating that variance, chosen on the validation patches
+        (:func:`xharmonise.calibration.variance_scale`); None without a head.
     """
 
     net: Any
     history: dict[str, Any]
     prediction: np.ndarray
     variance: np.ndarray | None
+    variance_scale: np.ndarray | None = None
 
 
 def _model_input(patches: sampling.Patches, spec: Method) -> np.ndarray:
@@ -598,6 +603,11 @@ def train_network(
     net = net.cpu().eval()
     with torch.inference_mode():
         pred, var = net(torch.from_numpy(_model_input(data.held_out, spec)))
+        scale = None
+        if var is not None:
+            # Calibrated on the validation patches: the test patches only score it.
+            val_pred, val_var = net(torch.from_numpy(val_set.src))
+            scale = variance_scale(val_set.ref, val_pred.numpy(), val_var.numpy())
     history = dict(result.history)
     history.update(
         best_iteration=result.best_iteration,
@@ -611,6 +621,7 @@ def train_network(
         history=history,
         prediction=pred.numpy(),
         variance=None if var is None else var.numpy(),
+        variance_scale=scale,
     )
 
 
@@ -628,11 +639,16 @@ class Evaluation:
     date_metrics : xarray.DataArray or None
         For a reference time series, the same table per date the held-out pixels come
         from (band, metric, stage, date).
+        ``target`` and, with a variance head, ``variance`` (calibrated, as predicted).
+    calibration : xarray.DataArray or None
+        With a variance head: coverage and NLL on the held-out patches before and after
+        the calibration (:func:`xharmonise.calibration.calibration_table`).
     """
 
     metrics: xr.DataArray
     samples: dict[str, np.ndarray]
     date_metrics: xr.DataArray | None = None
+    calibration: xr.DataArray | None = None
 
 
 # Test-split pixels kept in the model for its report's scatter plots: enough for smooth
@@ -664,8 +680,14 @@ def evaluate(
         target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, list(ref_bands)
     )
     stages = dict(predictions, target=held.ref)
+    calibration = None
     if trained is not None and trained.variance is not None:
-        stages["variance"] = trained.variance
+        scale = trained.variance_scale
+        assert scale is not None, "train_network calibrates every variance head"
+        stages["variance"] = trained.variance * scale[None, :, None, None].astype(np.float32)
+        calibration = calibration_table(
+            held.ref, trained.prediction, trained.variance, scale, list(ref_bands)
+        )
     by_date = None
     if which is not None:
         tables = []
@@ -681,7 +703,10 @@ def evaluate(
         by_date = xr.concat(tables, dim="date").assign_coords(date=list(date_labels))
         by_date = by_date.transpose("band", "metric", "stage", "date")
     return Evaluation(
-        metrics=table, samples=_sample_pixels(stages, seed=seed), date_metrics=by_date
+        metrics=table,
+        samples=_sample_pixels(stages, seed=seed),
+        date_metrics=by_date,
+        calibration=calibration,
     )
 
 
@@ -785,6 +810,11 @@ def assemble(
         variance=variance,
         grid=pair.grid,
         applied_shift=pair.applied_shift,
+        variance_scale=(
+            None
+            if trained is None or trained.variance_scale is None
+            else tuple(float(v) for v in trained.variance_scale)
+        ),
     )
     report = FitReport(
         metrics=evaluation.metrics,
@@ -795,6 +825,7 @@ def assemble(
         versions=package_versions(),
         dates=dates_record or {},
         date_metrics=evaluation.date_metrics,
+        calibration=evaluation.calibration,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
