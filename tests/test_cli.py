@@ -199,8 +199,11 @@ def test_predict_equals_library_and_info_describes_it(files, linear_fit, tmp_pat
     assert "100% Completed" in proc.stderr  # the write's progress bar
     expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
     back = xr.open_zarr(store)
-    assert list(back.data_vars) == ["prediction"]  # linear models have no variance
-    np.testing.assert_array_equal(back["prediction"].values, expected["prediction"].values)
+    # A linear model's σ² is the empirical one its fit calibrated (#15).
+    assert list(back.data_vars) == ["prediction", "variance"]
+    assert back["variance"].attrs["variance_kind"] == "empirical"
+    for name in ("prediction", "variance"):
+        np.testing.assert_array_equal(back[name].values, expected[name].values)
     src = _open(files["src"])
     assert back.rio.crs == src.rio.crs
     assert back["prediction"].rio.transform() == src.rio.transform()

@@ -91,7 +91,9 @@ def test_every_method_fits_and_offers_what_it_declares(tmp_path):
                 out = xharmonise.predict(window, model)
         else:
             out = xharmonise.predict(window, model)  # -W error: no warning
-        assert ("variance" in out) == spec.offers_variance
+        # Every model gives σ²: its head's, or an empirical one without a head (#15).
+        kind = "head" if spec.offers_variance else "empirical"
+        assert out["variance"].attrs["variance_kind"] == kind == model.variance_kind
         assert np.isfinite(out["prediction"].values).all()
         if spec.has_filters:
             assert model.filters.sizes["band"] == 4

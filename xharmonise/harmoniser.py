@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from xharmonise.calibration import Calibration
 from xharmonise.checks import type_name
 from xharmonise.errors import HarmoniseError, InputTypeError, InputValueError, ModelFileError
 from xharmonise.models.registry import METHODS, method
@@ -97,10 +98,12 @@ class Mapping:
         East and north shift (CRS units) the source was corrected by before training
         (``fit(..., coregister=True)``); ``predict`` moves its output by minus it. None
         when the source was not moved.
-    variance_scale : tuple of float or None
-        Per-band factor ``predict`` multiplies the variance head's σ² by, chosen after
-        training on the validation patches (:mod:`xharmonise.calibration`). None: no
-        head, or a model saved before calibration existed (its σ² is the head's own).
+    calibration : Calibration or None
+        The σ map ``predict`` applies, fitted after training on the validation patches
+        (:mod:`xharmonise.calibration`): the head's σ² mapped (``kind="head"``), or an
+        empirical σ² for a model without a head (``kind="empirical"``). None for a model
+        saved before calibration existed: a head's σ² is then returned as the head gives
+        it, and a model without a head returns none.
 
     Raises
     ------
@@ -137,7 +140,7 @@ class Mapping:
     variance: bool
     grid: PairGrid
     applied_shift: tuple[float, float] | None
-    variance_scale: tuple[float, ...] | None = None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         spec = method(self.method)
@@ -209,21 +212,17 @@ class Mapping:
                     "give two finite numbers or None",
                 )
             shift = (float(given[0]), float(given[1]))
-        scale = self.variance_scale
-        if scale is not None:
-            scale = tuple(scale) if not isinstance(scale, str) else (scale,)
-            if not self.variance or len(scale) != n:
+        cal = self.calibration
+        if cal is not None:
+            if not isinstance(cal, Calibration):
+                raise _invalid(f"calibration is a {type_name(cal)}", "give a Calibration or None")
+            if cal.n_bands != n or (cal.kind == "head") != bool(self.variance):
                 raise _invalid(
-                    f"variance_scale {self.variance_scale!r} for a mapping of {n} bands "
-                    f"{'with' if self.variance else 'without'} a variance head",
-                    "give one factor per band, and only with a variance head (or None)",
+                    f"a {cal.kind} calibration of {cal.n_bands} bands for a mapping of {n} "
+                    f"bands {'with' if self.variance else 'without'} a variance head",
+                    "give one fitted for this mapping: kind 'head' with a variance head, "
+                    "'empirical' without (or None)",
                 )
-            if not all(_is_number(v) and v > 0 for v in scale):
-                raise _invalid(
-                    f"variance_scale {self.variance_scale!r}", "give positive finite factors"
-                )
-            scale = tuple(float(v) for v in scale)
-        object.__setattr__(self, "variance_scale", scale)
         # Frozen: normalise the sequences through object.__setattr__, once, here.
         object.__setattr__(self, "src_bands", src)
         object.__setattr__(self, "ref_bands", ref)
@@ -272,11 +271,12 @@ class FitReport:
     date_metrics : xarray.DataArray or None
         For a reference time series, ``metrics`` per date the held-out pixels come from
         (band, metric, stage, date).
-    calibration : xarray.DataArray or None
-        With a variance head: (band, measure, stage) coverage of ±1σ, ±1.96σ, ±2.58σ and
-        mean NLL on the test patches, ``before`` and ``after`` the calibration
-        (:func:`xharmonise.calibration.calibration_table`). None otherwise, and for models
-        saved before calibration existed.
+    calibration_scores : xarray.DataArray or None
+        (band, measure, stage) coverage of ±1σ, ±1.96σ, ±2.58σ and mean NLL of σ² on the
+        test patches, ``before`` and ``after`` the calibration
+        (:func:`xharmonise.calibration.calibration_table`; before is the head's σ², or
+        for an empirical σ² one value per band, the validation residuals' mean square).
+        None for models saved before calibration existed.
 
     Raises
     ------
@@ -301,7 +301,7 @@ class FitReport:
     versions: dict[str, str]
     dates: dict[str, Any] = field(default_factory=dict)
     date_metrics: xr.DataArray | None = None
-    calibration: xr.DataArray | None = None
+    calibration_scores: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, xr.DataArray):
@@ -321,9 +321,10 @@ class FitReport:
                 f"shift_estimate is a {type_name(self.shift_estimate)}",
                 "give a ShiftEstimate or None",
             )
-        if self.calibration is not None and not isinstance(self.calibration, xr.DataArray):
+        scores = self.calibration_scores
+        if scores is not None and not isinstance(scores, xr.DataArray):
             raise _invalid(
-                f"calibration is a {type_name(self.calibration)}",
+                f"calibration_scores is a {type_name(scores)}",
                 "give an xarray.DataArray or None",
             )
 
@@ -431,14 +432,24 @@ class Harmoniser:
         return self.mapping.variance
 
     @property
-    def variance_scale(self) -> tuple[float, ...] | None:
-        """Per-band σ² calibration factor ``predict`` applies; None when uncalibrated."""
-        return self.mapping.variance_scale
+    def calibration(self) -> Calibration | None:
+        """The σ map ``predict`` applies; None for a model saved before calibration."""
+        return self.mapping.calibration
 
     @property
-    def calibration(self) -> xr.DataArray | None:
+    def calibration_scores(self) -> xr.DataArray | None:
         """Test-split coverage and NLL of σ² before and after calibration, or None."""
-        return self.fit_report.calibration
+        return self.fit_report.calibration_scores
+
+    @property
+    def variance_kind(self) -> str | None:
+        """What σ² ``predict`` returns: ``"head"`` (the variance head's, calibrated unless
+        :attr:`Calibration.skipped`; uncalibrated in a model saved before calibration),
+        ``"empirical"`` (from the validation residuals, for a model without a head), or
+        None (no σ²: a model without a head saved before calibration)."""
+        if self.variance:
+            return "head"
+        return None if self.calibration is None else self.calibration.kind
 
     @property
     def grid(self) -> PairGrid:
@@ -527,9 +538,11 @@ class Harmoniser:
             samples["model"] = samples["linear"]
         return Harmoniser(
             mapping=replace(
-                self.mapping, method="linear", net=None, variance=False, variance_scale=None
+                self.mapping, method="linear", net=None, variance=False, calibration=None
             ),
-            fit_report=replace(r, metrics=metrics, history={}, samples=samples, calibration=None),
+            fit_report=replace(
+                r, metrics=metrics, history={}, samples=samples, calibration_scores=None
+            ),
         )
 
     @property
@@ -749,7 +762,7 @@ def _encode(model: Harmoniser) -> bytes:
             "grid": m.grid.to_json(),
             "applied_shift": None if m.applied_shift is None else list(m.applied_shift),
             "net_config": _jsonable(net_config),
-            "variance_scale": None if m.variance_scale is None else list(m.variance_scale),
+            "calibration": None if m.calibration is None else m.calibration.to_dict(),
         },
         "fit_report": {
             "metrics": r.metrics.to_dict(),
@@ -759,7 +772,9 @@ def _encode(model: Harmoniser) -> bytes:
             "versions": dict(r.versions),
             "dates": _jsonable(r.dates),
             "date_metrics": None if r.date_metrics is None else r.date_metrics.to_dict(),
-            "calibration": None if r.calibration is None else r.calibration.to_dict(),
+            "calibration_scores": (
+                None if r.calibration_scores is None else r.calibration_scores.to_dict()
+            ),
         },
         "saved_by": package_versions(),
     }
@@ -1004,8 +1019,8 @@ def _model(
     grid: PairGrid,
     applied_shift: tuple[float, float] | None,
     shift_estimate: ShiftEstimate | None,
-    variance_scale: list[float] | None = None,
-    calibration: xr.DataArray | None = None,
+    calibration: Calibration | None = None,
+    calibration_scores: xr.DataArray | None = None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
     method(m["method"])  # an unknown method is named as such, before its network is built
@@ -1029,7 +1044,7 @@ def _model(
         variance=m["variance"],
         grid=grid,
         applied_shift=applied_shift,
-        variance_scale=None if variance_scale is None else tuple(variance_scale),
+        calibration=calibration,
     )
     report = FitReport(
         metrics=metrics,
@@ -1042,7 +1057,7 @@ def _model(
         # Files from before reference time series have neither.
         dates=r.get("dates") or {},
         date_metrics=_date_metrics(r.get("date_metrics")),
-        calibration=calibration,
+        calibration_scores=calibration_scores,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -1090,15 +1105,17 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
     _require(r, _REPORT_2_FIELDS, "fit_report ")
     shift = m["applied_shift"]
     est = r["shift_estimate"]
-    # Optional: files written before calibration existed have neither (uncalibrated σ²).
-    _require(m, {"variance_scale": ((list, type(None)), "a list or null")}, "mapping ", True)
-    _require(r, {"calibration": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
-    calibration = None
-    if r.get("calibration") is not None:
-        try:
-            calibration = xr.DataArray.from_dict(r["calibration"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise _Damaged(f"unreadable calibration: {err}") from None
+    # Optional: files written before calibration existed have neither (no calibration).
+    _require(m, {"calibration": ((dict, type(None)), "a dict or null")}, "mapping ", True)
+    _require(r, {"calibration_scores": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
+    calibration, scores = None, None
+    try:
+        if m.get("calibration") is not None:
+            calibration = Calibration.from_dict(m["calibration"])
+        if r.get("calibration_scores") is not None:
+            scores = xr.DataArray.from_dict(r["calibration_scores"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Damaged(f"unreadable calibration: {err}") from None
     return _model(
         m,
         r,
@@ -1106,8 +1123,8 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         grid=PairGrid.from_json(m["grid"]),
         applied_shift=None if shift is None else tuple(shift),
         shift_estimate=None if est is None else ShiftEstimate.from_dict(est),
-        variance_scale=m.get("variance_scale"),
         calibration=calibration,
+        calibration_scores=scores,
     )
 
 
