@@ -179,11 +179,14 @@ class Calibration:
         for b in range(self.n_bands):
             knots, sigmas = np.asarray(self.knots[b]), np.asarray(self.sigmas[b])
             if self.kind == "head":
-                sigma = np.sqrt(source[b].astype(np.float64))
-                moved[b] = _head_sigma(sigma, knots, sigmas) ** 2
+                # In log σ² (a few passes over the block: predict applies this per chunk).
+                xs, ys = _log_variance_knots(knots, sigmas)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    log_var = np.log(source[b].astype(np.float32, copy=False))
+                moved[b] = np.exp(np.interp(log_var, xs, ys))
             else:
-                x = np.asarray(brightness, np.float64)
-                moved[b] = np.where(np.isnan(x), np.nan, np.interp(x, knots, sigmas) ** 2)
+                # np.interp keeps NaN (no-data) as NaN.
+                moved[b] = np.interp(np.asarray(brightness), knots, sigmas) ** 2
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,14 +228,16 @@ class Calibration:
         )
 
 
-def _head_sigma(sigma: np.ndarray, knots: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Log-log interpolation between the knots, the outer factors beyond them."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log = np.log(sigma)
-        out = np.exp(np.interp(log, np.log(knots), np.log(sigmas)))
-        out = np.where(sigma < knots[0], sigma * (sigmas[0] / knots[0]), out)
-        out = np.where(sigma > knots[-1], sigma * (sigmas[-1] / knots[-1]), out)
-    return np.where(np.isnan(sigma), np.nan, out)
+def _log_variance_knots(knots: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's map as knots of log σ² -> log σ², linear between them, with a knot far
+    out at each end on the slope 1 through the outer one: beyond the outer bins σ² is
+    scaled by the outer bin's factor (clouds keep their rank), in one np.interp."""
+    xs, ys = 2 * np.log(knots), 2 * np.log(sigmas)
+    far = 200.0  # e^200: beyond any float32 σ²
+    return (
+        np.concatenate([[xs[0] - far], xs, [xs[-1] + far]]),
+        np.concatenate([[ys[0] - far], ys, [ys[-1] + far]]),
+    )
 
 
 def source_brightness(src: np.ndarray, *, axis: int = 0) -> np.ndarray:
@@ -240,10 +245,10 @@ def source_brightness(src: np.ndarray, *, axis: int = 0) -> np.ndarray:
 
     Examples
     --------
-    >>> source_brightness(np.array([[0.1, 0.2], [0.3, np.nan]])).tolist()
+    >>> source_brightness(np.array([[0.1, 0.2], [0.3, np.nan]])).astype(float).round(3).tolist()
     [0.2, nan]
     """
-    return np.asarray(src, np.float64).mean(axis=axis)
+    return np.asarray(src).mean(axis=axis, dtype=np.float32)
 
 
 def _bin_sigma(residual: np.ndarray) -> float:
