@@ -26,9 +26,11 @@ A head whose validation holds fewer than ``MIN_PATCHES`` patches is left uncalib
 and says so (:attr:`Calibration.skipped`); an empirical σ is then one value per band.
 Measured on simulated TOA and cloudy pairs at 1000 training steps: with 3 or 4
 validation patches of 16², the map brought ±1.96σ coverage on held-out clear pixels
-from 0.98-1.00 to 0.92-0.98 on six pairs; an earlier single per-band scale made coverage
-worse (0.66-0.70) on a pair with about two. Patches are spatially correlated: fewer
-than three are too small a sample of the scene to trust.
+from 0.98-1.00 to 0.92-0.98 on six pairs (with a single patch, on two 400² pairs, from
+0.98-1.00 to 0.94-0.96 too); the earlier single per-band scale made coverage worse
+(0.66-0.70) on a 400² pair at 200 steps, and an empirical σ binned on one cloudy patch
+fell to 0.80-0.94. The threshold of three is a caution, not a measured optimum: patches
+are spatially correlated, and one or two are a small sample of a scene.
 
 The diagnostics (:func:`calibration_table`), measured on the test patches: coverage of
 ±1σ, ±1.96σ and ±2.58σ (0.683, 0.950 and 0.990 for a calibrated Gaussian) and the mean
