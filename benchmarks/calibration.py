@@ -10,10 +10,12 @@ truth's cloud map, blurred like the source, below 1e-3): coverage of ±1σ, ±1.
 without a head one σ² per band (the validation residuals' mean square).
 
 Models: linear and CalibNet without a head (300 steps), CalibNet with the head at 300
-steps and at the CPU budget (3000 steps). Writes ``benchmarks/results/calibration.json``.
+steps and at the CPU budget (3000 steps), BCNet with the head at 1000 steps. Writes
+``benchmarks/results/calibration.json``.
 
-Run: ``python benchmarks/calibration.py [toc|toa|cloudy ...]`` (about 4 minutes of CPU
-per pair at one thread); the pairs given are (re)measured, the others' figures are kept.
+Run: ``python benchmarks/calibration.py [PAIR[:MODEL,...] ...]`` (PAIR toc, toa or
+cloudy; about 4 minutes of CPU per pair at one thread); the pairs (and models) given are
+(re)measured, the others' figures are kept.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MODELS = {  # name: (method, variance head, iterations)
     "calibnet_300": ("calibnet", False, 300),
     "calibnet_head_300": ("calibnet", True, 300),
     "calibnet_head_3000": ("calibnet", True, 3000),
+    "bcnet_head_1000": ("bcnet", True, 1000),
 }
 
 
@@ -63,11 +66,13 @@ def main(names: list[str]) -> None:
     if RESULTS.exists():
         results = json.loads(RESULTS.read_text(encoding="utf-8"))
     results["config"] = {"size": SIZE, "seed": SEED, "patch_size": PATCH, "models": MODELS}
-    for pair_name in names:
+    for arg in names:
+        pair_name, _, chosen = arg.partition(":")
         options = PAIRS[pair_name]
+        models = {k: MODELS[k] for k in chosen.split(",")} if chosen else MODELS
         pair = simulate_pair((SIZE, SIZE), seed=SEED, **options)
         paired = stages.reflectance_pair(pair.src, pair.ref)
-        for name, (method, head, iterations) in MODELS.items():
+        for name, (method, head, iterations) in models.items():
             spec = method_spec(method)
             prepared = stages.prepare_pair(
                 paired, mask=None, coregister=False, measure=spec.measures_shift, seed=0
