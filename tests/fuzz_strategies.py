@@ -457,7 +457,7 @@ def _shift_kwargs() -> st.SearchStrategy[dict[str, Any]]:
 
 
 _PREDICT_OPTIONS = {
-    "with_variance": _valid_or([True, False], ["no", None, 2]),
+    "with_variance": _valid_or([True, False, None], ["no", 2]),
     "scale": _valid_or([None, 1e-4, 1.0], [0, -1.0, _NAN, "x", (1e-4, 1e-4)]),
     "offset": _valid_or([None, 0.0], [_NAN, "x", (0.0,)]),
 }

@@ -236,7 +236,7 @@ FLOW = [
     ("predict", "model", "model.safetensors", TYPE, "model is a str.*xharmonise.load"),
     ("predict", "model", {"method": "linear"}, TYPE, "model is a dict"),
     ("predict", "with_variance", 1, TYPE, None),
-    ("predict", "with_variance", None, TYPE, None),
+    ("predict", "with_variance", "yes", TYPE, None),
     ("predict", "scale", 0, VALUE, None),
     ("predict", "scale", -1e300, VALUE, None),
     ("predict", "scale", math.inf, VALUE, None),

@@ -199,8 +199,15 @@ def test_predict_equals_library_and_info_describes_it(files, linear_fit, tmp_pat
     assert "100% Completed" in proc.stderr  # the write's progress bar
     expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model)).compute()
     back = xr.open_zarr(store)
-    assert list(back.data_vars) == ["prediction"]  # linear models have no variance
+    assert list(back.data_vars) == ["prediction"]  # σ² only from a head, unless asked
     np.testing.assert_array_equal(back["prediction"].values, expected["prediction"].values)
+    # --variance asks any model for σ²: a linear model's is its fit's empirical one (#15).
+    with_var = tmp_path / "var.zarr"
+    _ok(xh("predict", files["src"], "-m", model, "-o", with_var, "--variance", "-q"))
+    back_var = xr.open_zarr(with_var)
+    assert back_var["variance"].attrs["variance_kind"] == "empirical"
+    expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model), with_variance=True)
+    np.testing.assert_array_equal(back_var["variance"].values, expected["variance"].values)
     src = _open(files["src"])
     assert back.rio.crs == src.rio.crs
     assert back["prediction"].rio.transform() == src.rio.transform()

@@ -11,7 +11,7 @@ Out   inference, store, plot
 Learn training, losses
 Prep  scaling, grid, coregister, sampling, masks, simulate
 Model harmoniser, records, models
-Base  errors, checks, psf, metrics
+Base  errors, checks, psf, metrics, calibration
 ====  =======================================================================
 
 The checker itself is tested on planted faults, so a passing run means something.
@@ -46,7 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "Learn": LEARN,
     "Prep": PREP,
     "Model": ("harmoniser", "records", "models"),
-    "Base": ("errors", "checks", "psf", "metrics"),
+    "Base": ("errors", "checks", "psf", "metrics", "calibration"),
 }
 
 

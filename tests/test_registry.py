@@ -86,12 +86,21 @@ def test_every_method_fits_and_offers_what_it_declares(tmp_path):
         )
         assert (model.net is not None) == spec.neural
         window = pair.src.isel(y=slice(0, 40), x=slice(0, 40))
-        if spec.inference_warning:
-            with pytest.warns(DetailLossWarning, match=spec.inference_warning[:30]):
-                out = xharmonise.predict(window, model)
-        else:
-            out = xharmonise.predict(window, model)  # -W error: no warning
-        assert ("variance" in out) == spec.offers_variance
+        outs = {}
+        for with_variance in (True, None):
+            if spec.inference_warning:
+                with pytest.warns(DetailLossWarning, match=spec.inference_warning[:30]):
+                    outs[with_variance] = xharmonise.predict(
+                        window, model, with_variance=with_variance
+                    )
+            else:  # -W error: no warning
+                outs[with_variance] = xharmonise.predict(window, model, with_variance=with_variance)
+        # Every model gives σ² when asked: its head's, or an empirical one without a head
+        # (#15); by default only a head's.
+        out = outs[True]
+        kind = "head" if spec.offers_variance else "empirical"
+        assert out["variance"].attrs["variance_kind"] == kind == model.variance_kind
+        assert ("variance" in outs[None]) == spec.offers_variance
         assert np.isfinite(out["prediction"].values).all()
         if spec.has_filters:
             assert model.filters.sizes["band"] == 4

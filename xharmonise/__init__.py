@@ -4,8 +4,10 @@ from importlib.metadata import version as _version
 
 from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonise)
 from xharmonise.api import estimate_shift, fit, predict
+from xharmonise.calibration import Calibration
 from xharmonise.errors import (
     BandMismatchError,
+    CalibrationWarning,
     CoregistrationError,
     DateError,
     DetailLossWarning,
@@ -32,6 +34,8 @@ __version__ = _version("xharmonise")
 
 __all__ = [
     "BandMismatchError",
+    "Calibration",
+    "CalibrationWarning",
     "CoregistrationError",
     "DateError",
     "DetailLossWarning",

@@ -127,7 +127,7 @@ class _HarmoniseAccessor:
         self,
         model: Harmoniser,
         *,
-        with_variance: bool = True,
+        with_variance: bool | None = None,
         scale: float | None = None,
         offset: float | None = None,
     ) -> xr.Dataset:

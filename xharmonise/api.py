@@ -14,10 +14,13 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from typing import Any
 
+import dask.array as da
+import numpy as np
 import xarray as xr
 
 from xharmonise import arguments, stages
 from xharmonise import grid as _grid
+from xharmonise.calibration import Calibration, source_brightness
 from xharmonise.dates import DEFAULT_MAX_DAYS
 from xharmonise.errors import BandMismatchError, DetailLossWarning
 from xharmonise.harmoniser import Harmoniser
@@ -286,11 +289,35 @@ def fit(
     )
 
 
+def _calibrated(
+    calibration: Calibration, out: np.ndarray | da.Array, src: np.ndarray | da.Array, n: int
+) -> np.ndarray | da.Array:
+    """The calibrated σ² planes of ``map_pixels``'s output (lazy for a lazy one): the
+    head's σ² mapped, or the empirical σ² of the source's brightness."""
+
+    def planes(block: np.ndarray, src_block: np.ndarray) -> np.ndarray:
+        if calibration.kind == "head":
+            return calibration.variance(block[n:])
+        return calibration.variance(block[:n], source_brightness(src_block))
+
+    if not isinstance(out, da.Array):
+        return planes(np.asarray(out), np.asarray(src))
+    lazy_src = da.asarray(src).rechunk({0: -1, 1: out.chunks[1], 2: out.chunks[2]})
+    return da.map_blocks(
+        planes,
+        out,
+        lazy_src,
+        chunks=((n,), *out.chunks[1:]),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), np.float32),
+    )
+
+
 def predict(
     src: xr.DataArray | xr.Dataset,
     model: Harmoniser,
     *,
-    with_variance: bool = True,
+    with_variance: bool | None = None,
     scale: float | None = None,
     offset: float | None = None,
 ) -> xr.Dataset:
@@ -302,9 +329,14 @@ def predict(
         Source (band, y, x) with the bands the model was trained on.
     model : Harmoniser
         From :func:`fit` or :func:`xharmonise.load`.
-    with_variance : bool
-        Include the ``variance`` variable when the model has a variance head (trained with
-        ``fit(..., variance=True)``); False leaves it out of the output.
+    with_variance : bool, optional
+        Include the ``variance`` variable, σ² calibrated on the fit's validation patches
+        (``model.calibration``; ``model.variance_kind`` says which kind): with a variance
+        head (``fit(..., variance=True)``), the head's σ² mapped; without one, an
+        empirical σ² from the validation residuals as a function of the source brightness.
+        By default (None) only a model with a head gives it, as its output; True asks any
+        model for it; False leaves it out. A model saved before calibration existed gives
+        its head's σ² as it is, and has none without a head.
     scale, offset : float, optional
         Reflectance = DN x scale + offset for an integer ``src`` without
         ``scale_factor``/``add_offset`` attributes; by default those the model was trained
@@ -313,7 +345,10 @@ def predict(
     Returns
     -------
     xarray.Dataset
-        ``prediction`` (and ``variance``), float32 (band, y, x) on ``src``'s grid and
+        ``prediction`` (and ``variance``, with attributes ``variance_kind``, ``"head"`` or
+        ``"empirical"``, and ``calibration``, ``"validation patches"`` or ``"none"``; its
+        calibration is measured at the reference resolution, the only one a pair can
+        score), float32 (band, y, x) on ``src``'s grid and
         chunks, NaN at no-data, CRS and coordinates kept; band labels are the reference
         bands. Dask-backed (lazy) when ``src`` is. When the model was fitted with
         ``coregister=True``, the coordinates and the ``spatial_ref`` transform are moved
@@ -367,11 +402,22 @@ def predict(
         {"prediction": (("band", "y", "x"), out[:n])},
         coords=coords,
     )
-    if with_variance and model.variance:
-        ds["variance"] = (("band", "y", "x"), out[n:])
+    calibration = model.calibration
+    kind = model.variance_kind
+    wanted = model.variance if with_variance is None else with_variance
+    if wanted and kind is not None:
+        variance = out[n:] if calibration is None else _calibrated(calibration, out, src_r.data, n)
+        ds["variance"] = (("band", "y", "x"), variance)
     ds["prediction"].attrs.update(long_name="harmonised reflectance", units="1")
     if "variance" in ds:
-        ds["variance"].attrs.update(long_name="predictive variance", units="1")
+        applied = calibration is not None and calibration.applied
+        ds["variance"].attrs.update(
+            long_name="predictive variance",
+            units="1",
+            # Strings, not bools: netCDF attributes cannot hold booleans.
+            variance_kind=str(kind),
+            calibration="validation patches" if applied else "none",
+        )
     ds.attrs.update(
         method=model.method,
         source_bands=list(model.src_bands),

@@ -80,7 +80,14 @@ def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) 
             f"model is a {checks.type_name(model)}: pass a Harmoniser from xharmonise.fit, or "
             "read a saved one with xharmonise.load(path)"
         )
-    checks.flag(with_variance, "with_variance")
+    if with_variance is not None:
+        checks.flag(with_variance, "with_variance")
+    if with_variance is True and model.variance_kind is None:
+        raise InputValueError(
+            "with_variance=True, but this model has no σ²: it has no variance head and was "
+            "saved before xharmonise calibrated σ² for every model; fit it again for an "
+            "empirical σ², or leave with_variance at its default"
+        )
     checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
     checks.real(offset, "offset", optional=True)
 

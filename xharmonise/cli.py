@@ -349,7 +349,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _scheduler(args.scheduler):
         out = xharmonise.predict(
-            src, model, with_variance=not args.no_variance, scale=args.scale, offset=args.offset
+            src, model, with_variance=args.variance, scale=args.scale, offset=args.offset
         )
         try:
             xharmonise.to_zarr(
@@ -556,7 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="finish an interrupted write")
     how.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--no-variance", action="store_true", help="leave the variance out")
+    variance = p.add_mutually_exclusive_group()
+    variance.add_argument(
+        "--variance",
+        action="store_true",
+        default=None,
+        help="write σ² for any model (default: only a model with a variance head)",
+    )
+    variance.add_argument(
+        "--no-variance", dest="variance", action="store_false", default=None, help="leave σ² out"
+    )
     p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
     p.add_argument("--offset", type=float, metavar="O", help="reflectance offset of an integer SRC")
     p.set_defaults(func=_cmd_predict)

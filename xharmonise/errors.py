@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BandMismatchError",
+    "CalibrationWarning",
     "CoregistrationError",
     "DateError",
     "DetailLossWarning",
@@ -312,4 +313,25 @@ class UnknownBandWarning(UserWarning):
     ...     model = xharmonise.fit(pair.src, ref, method="linear", patch_size=8)
     >>> print(caught[0].message)  # doctest: +ELLIPSIS
     reference bands ['1', '2', '3', '4'] are no Sentinel-2 band names ...
+    """
+
+
+class CalibrationWarning(UserWarning):
+    """A variance head left uncalibrated: too few validation patches to calibrate it on.
+
+    The model records it (``model.calibration.skipped``); its σ² is the head's own.
+    Fit a larger pair, or a smaller ``patch_size``, for more validation patches.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", xharmonise.CalibrationWarning)
+    ...     model = xharmonise.fit(pair.src, pair.ref, variance=True, patch_size=8,
+    ...                            iterations=2, progress=False)
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    the variance head is left uncalibrated: 1 validation patch(es), fewer than 3...
     """

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from xharmonise.calibration import Calibration
 from xharmonise.checks import type_name
 from xharmonise.errors import HarmoniseError, InputTypeError, InputValueError, ModelFileError
 from xharmonise.models.registry import METHODS, method
@@ -97,6 +98,12 @@ class Mapping:
         East and north shift (CRS units) the source was corrected by before training
         (``fit(..., coregister=True)``); ``predict`` moves its output by minus it. None
         when the source was not moved.
+    calibration : Calibration or None
+        The σ map ``predict`` applies, fitted after training on the validation patches
+        (:mod:`xharmonise.calibration`): the head's σ² mapped (``kind="head"``), or an
+        empirical σ² for a model without a head (``kind="empirical"``). None for a model
+        saved before calibration existed: a head's σ² is then returned as the head gives
+        it, and a model without a head returns none.
 
     Raises
     ------
@@ -133,6 +140,7 @@ class Mapping:
     variance: bool
     grid: PairGrid
     applied_shift: tuple[float, float] | None
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         spec = method(self.method)
@@ -204,6 +212,17 @@ class Mapping:
                     "give two finite numbers or None",
                 )
             shift = (float(given[0]), float(given[1]))
+        cal = self.calibration
+        if cal is not None:
+            if not isinstance(cal, Calibration):
+                raise _invalid(f"calibration is a {type_name(cal)}", "give a Calibration or None")
+            if cal.n_bands != n or (cal.kind == "head") != bool(self.variance):
+                raise _invalid(
+                    f"a {cal.kind} calibration of {cal.n_bands} bands for a mapping of {n} "
+                    f"bands {'with' if self.variance else 'without'} a variance head",
+                    "give one fitted for this mapping: kind 'head' with a variance head, "
+                    "'empirical' without (or None)",
+                )
         # Frozen: normalise the sequences through object.__setattr__, once, here.
         object.__setattr__(self, "src_bands", src)
         object.__setattr__(self, "ref_bands", ref)
@@ -252,6 +271,12 @@ class FitReport:
     date_metrics : xarray.DataArray or None
         For a reference time series, ``metrics`` per date the held-out pixels come from
         (band, metric, stage, date).
+    calibration_scores : xarray.DataArray or None
+        (band, measure, stage) coverage of ±1σ, ±1.96σ, ±2.58σ and mean NLL of σ² on the
+        test patches, ``before`` and ``after`` the calibration
+        (:func:`xharmonise.calibration.calibration_table`; before is the head's σ², or
+        for an empirical σ² one value per band, the validation residuals' mean square).
+        None for models saved before calibration existed.
 
     Raises
     ------
@@ -276,6 +301,7 @@ class FitReport:
     versions: dict[str, str]
     dates: dict[str, Any] = field(default_factory=dict)
     date_metrics: xr.DataArray | None = None
+    calibration_scores: xr.DataArray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, xr.DataArray):
@@ -294,6 +320,12 @@ class FitReport:
             raise _invalid(
                 f"shift_estimate is a {type_name(self.shift_estimate)}",
                 "give a ShiftEstimate or None",
+            )
+        scores = self.calibration_scores
+        if scores is not None and not isinstance(scores, xr.DataArray):
+            raise _invalid(
+                f"calibration_scores is a {type_name(scores)}",
+                "give an xarray.DataArray or None",
             )
 
 
@@ -400,6 +432,26 @@ class Harmoniser:
         return self.mapping.variance
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The σ map ``predict`` applies; None for a model saved before calibration."""
+        return self.mapping.calibration
+
+    @property
+    def calibration_scores(self) -> xr.DataArray | None:
+        """Test-split coverage and NLL of σ² before and after calibration, or None."""
+        return self.fit_report.calibration_scores
+
+    @property
+    def variance_kind(self) -> str | None:
+        """What σ² ``predict`` returns: ``"head"`` (the variance head's, calibrated unless
+        :attr:`Calibration.skipped`; uncalibrated in a model saved before calibration),
+        ``"empirical"`` (from the validation residuals, for a model without a head), or
+        None (no σ²: a model without a head saved before calibration)."""
+        if self.variance:
+            return "head"
+        return None if self.calibration is None else self.calibration.kind
+
+    @property
     def grid(self) -> PairGrid:
         """The training grid."""
         return self.mapping.grid
@@ -485,8 +537,12 @@ class Harmoniser:
         if "linear" in samples:
             samples["model"] = samples["linear"]
         return Harmoniser(
-            mapping=replace(self.mapping, method="linear", net=None, variance=False),
-            fit_report=replace(r, metrics=metrics, history={}, samples=samples),
+            mapping=replace(
+                self.mapping, method="linear", net=None, variance=False, calibration=None
+            ),
+            fit_report=replace(
+                r, metrics=metrics, history={}, samples=samples, calibration_scores=None
+            ),
         )
 
     @property
@@ -706,6 +762,7 @@ def _encode(model: Harmoniser) -> bytes:
             "grid": m.grid.to_json(),
             "applied_shift": None if m.applied_shift is None else list(m.applied_shift),
             "net_config": _jsonable(net_config),
+            "calibration": None if m.calibration is None else m.calibration.to_dict(),
         },
         "fit_report": {
             "metrics": r.metrics.to_dict(),
@@ -715,6 +772,9 @@ def _encode(model: Harmoniser) -> bytes:
             "versions": dict(r.versions),
             "dates": _jsonable(r.dates),
             "date_metrics": None if r.date_metrics is None else r.date_metrics.to_dict(),
+            "calibration_scores": (
+                None if r.calibration_scores is None else r.calibration_scores.to_dict()
+            ),
         },
         "saved_by": package_versions(),
     }
@@ -913,11 +973,17 @@ _NET_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 def _require(
-    d: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], str]], where: str = ""
+    d: dict[str, Any],
+    fields: dict[str, tuple[type | tuple[type, ...], str]],
+    where: str = "",
+    optional: bool = False,
 ) -> None:
-    """Every field present with its JSON type, or :class:`_Damaged` naming the first not."""
+    """Every field present (unless ``optional``) with its JSON type, or :class:`_Damaged`
+    naming the first not."""
     for key, (kind, what) in fields.items():
         if key not in d:
+            if optional:
+                continue
             raise _Damaged(f"no {where}{key!r} entry")
         value = d[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
@@ -953,6 +1019,8 @@ def _model(
     grid: PairGrid,
     applied_shift: tuple[float, float] | None,
     shift_estimate: ShiftEstimate | None,
+    calibration: Calibration | None = None,
+    calibration_scores: xr.DataArray | None = None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
     method(m["method"])  # an unknown method is named as such, before its network is built
@@ -976,6 +1044,7 @@ def _model(
         variance=m["variance"],
         grid=grid,
         applied_shift=applied_shift,
+        calibration=calibration,
     )
     report = FitReport(
         metrics=metrics,
@@ -988,6 +1057,7 @@ def _model(
         # Files from before reference time series have neither.
         dates=r.get("dates") or {},
         date_metrics=_date_metrics(r.get("date_metrics")),
+        calibration_scores=calibration_scores,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -1035,6 +1105,17 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
     _require(r, _REPORT_2_FIELDS, "fit_report ")
     shift = m["applied_shift"]
     est = r["shift_estimate"]
+    # Optional: files written before calibration existed have neither (no calibration).
+    _require(m, {"calibration": ((dict, type(None)), "a dict or null")}, "mapping ", True)
+    _require(r, {"calibration_scores": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
+    calibration, scores = None, None
+    try:
+        if m.get("calibration") is not None:
+            calibration = Calibration.from_dict(m["calibration"])
+        if r.get("calibration_scores") is not None:
+            scores = xr.DataArray.from_dict(r["calibration_scores"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _Damaged(f"unreadable calibration: {err}") from None
     return _model(
         m,
         r,
@@ -1042,6 +1123,8 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         grid=PairGrid.from_json(m["grid"]),
         applied_shift=None if shift is None else tuple(shift),
         shift_estimate=None if est is None else ShiftEstimate.from_dict(est),
+        calibration=calibration,
+        calibration_scores=scores,
     )
 
 

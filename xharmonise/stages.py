@@ -27,9 +27,16 @@ import xarray as xr
 
 from xharmonise import checks, dates, psf, sampling
 from xharmonise import grid as _grid
+from xharmonise.calibration import (
+    Calibration,
+    calibration_table,
+    fit_calibration,
+    source_brightness,
+)
 from xharmonise.coregister import estimate_on_grid
 from xharmonise.errors import (
     BandMismatchError,
+    CalibrationWarning,
     CoregistrationError,
     DateError,
     GridError,
@@ -53,6 +60,7 @@ __all__ = [
     "TrainingData",
     "assemble",
     "build_training_data",
+    "calibrate",
     "date_index",
     "date_record",
     "evaluate",
@@ -508,13 +516,17 @@ class Trained:
     prediction : numpy.ndarray
         (patch, band, y, x) prediction on the held-out patches.
     variance : numpy.ndarray or None
-        Its variance, for networks with a variance head.
+        Its variance as the head gives it, for networks with a variance head.
+    validation_prediction, validation_variance : numpy.ndarray or None
+        The same on the validation patches, which :func:`calibrate` fits σ² on.
     """
 
     net: Any
     history: dict[str, Any]
     prediction: np.ndarray
     variance: np.ndarray | None
+    validation_prediction: np.ndarray | None = None
+    validation_variance: np.ndarray | None = None
 
 
 def _model_input(patches: sampling.Patches, spec: Method) -> np.ndarray:
@@ -598,6 +610,8 @@ def train_network(
     net = net.cpu().eval()
     with torch.inference_mode():
         pred, var = net(torch.from_numpy(_model_input(data.held_out, spec)))
+        # σ² is calibrated on the validation patches: the test patches only score it.
+        val_pred, val_var = net(torch.from_numpy(val_set.src))
     history = dict(result.history)
     history.update(
         best_iteration=result.best_iteration,
@@ -611,7 +625,43 @@ def train_network(
         history=history,
         prediction=pred.numpy(),
         variance=None if var is None else var.numpy(),
+        validation_prediction=val_pred.numpy(),
+        validation_variance=None if val_var is None else val_var.numpy(),
     )
+
+
+def _validation(data: TrainingData) -> slice:
+    """The validation patches among the training ones (with a single training patch, it
+    is its own validation patch, as in :func:`train_network`)."""
+    return slice(0, data.n_val) if data.n_val else slice(None)
+
+
+def calibrate(data: TrainingData, linear: np.ndarray, trained: Trained | None) -> Calibration:
+    """Fit the model's σ² map on the validation patches
+    (:func:`xharmonise.calibration.fit_calibration`): the head's σ mapped, or an empirical
+    σ from the residuals (the linear baseline's validation patches are among those it was
+    fitted on: ``1 + band`` coefficients per band, a negligible optimism). A head left
+    uncalibrated (too small a validation) warns with
+    :class:`~xharmonise.errors.CalibrationWarning`."""
+    val = _validation(data)
+    target, src = data.train.ref[val], data.train.src[val]
+    if trained is None:
+        prediction, variance = apply_linear(linear, src, axis=1), None
+    else:
+        assert trained.validation_prediction is not None, "train_network predicts them"
+        prediction, variance = trained.validation_prediction, trained.validation_variance
+    calibration = fit_calibration(target, prediction, variance=variance, src=src)
+    if calibration.skipped:
+        warnings.warn(
+            CalibrationWarning(
+                f"the variance head is left uncalibrated: {calibration.skipped}; its σ² is "
+                "the head's own (model.calibration.skipped says so). Fit a larger pair or a "
+                "smaller patch_size for more validation patches"
+            ),
+            # Called by run, called by xharmonise.fit: the warning points at fit's caller.
+            stacklevel=4,
+        )
+    return calibration
 
 
 @dataclass(frozen=True)
@@ -624,15 +674,19 @@ class Evaluation:
         (band, metric, stage) for the stages initial, linear and model.
     samples : dict of numpy.ndarray
         A seeded subset of the held-out pixels, (pixel, band) float32 per stage, plus
-        ``target`` and, with a variance head, ``variance``.
+        ``target`` and, with a variance head, ``variance`` (calibrated, as predicted).
     date_metrics : xarray.DataArray or None
         For a reference time series, the same table per date the held-out pixels come
         from (band, metric, stage, date).
+    calibration_scores : xarray.DataArray or None
+        Coverage and NLL of σ² on the held-out patches before and after the calibration
+        (:func:`xharmonise.calibration.calibration_table`), when one was given.
     """
 
     metrics: xr.DataArray
     samples: dict[str, np.ndarray]
     date_metrics: xr.DataArray | None = None
+    calibration_scores: xr.DataArray | None = None
 
 
 # Test-split pixels kept in the model for its report's scatter plots: enough for smooth
@@ -649,10 +703,12 @@ def evaluate(
     seed: int,
     which: np.ndarray | None = None,
     date_labels: Sequence[str] = (),
+    calibration: Calibration | None = None,
 ) -> Evaluation:
     """Score the source as it is, the linear baseline and the model on the held-out
     patches (the model is the baseline when nothing was trained); with ``which`` (the
-    held-out patches' date index per pixel, from :func:`date_record`), per date too."""
+    held-out patches' date index per pixel, from :func:`date_record`), per date too; with
+    ``calibration`` (from :func:`calibrate`), its σ² before and after."""
     held = data.held_out
     predictions: dict[str, np.ndarray] = {
         "initial": held.src,
@@ -664,7 +720,27 @@ def evaluate(
         target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, list(ref_bands)
     )
     stages = dict(predictions, target=held.ref)
-    if trained is not None and trained.variance is not None:
+    scores = None
+    if calibration is not None:
+        model = predictions["model"]
+        if calibration.kind == "head":
+            assert trained is not None and trained.variance is not None, "a head's calibration"
+            before = trained.variance
+            after = calibration.variance(before, axis=1)
+            stages["variance"] = after
+        else:
+            # Before: one σ² per band, the validation residuals' mean square.
+            val = _validation(data)
+            val_pred = (
+                apply_linear(linear, data.train.src[val], axis=1)
+                if trained is None
+                else trained.validation_prediction
+            )
+            mean_square = np.nanmean((data.train.ref[val] - val_pred) ** 2, axis=(0, 2, 3))
+            before = np.broadcast_to(mean_square[None, :, None, None], model.shape)
+            after = calibration.variance(model, source_brightness(held.src, axis=1), axis=1)
+        scores = calibration_table(held.ref, model, before, after, list(ref_bands))
+    elif trained is not None and trained.variance is not None:
         stages["variance"] = trained.variance
     by_date = None
     if which is not None:
@@ -681,7 +757,10 @@ def evaluate(
         by_date = xr.concat(tables, dim="date").assign_coords(date=list(date_labels))
         by_date = by_date.transpose("band", "metric", "stage", "date")
     return Evaluation(
-        metrics=table, samples=_sample_pixels(stages, seed=seed), date_metrics=by_date
+        metrics=table,
+        samples=_sample_pixels(stages, seed=seed),
+        date_metrics=by_date,
+        calibration_scores=scores,
     )
 
 
@@ -768,8 +847,10 @@ def assemble(
     *,
     variance: bool,
     dates_record: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
 ) -> Harmoniser:
-    """The fitted model: the mapping ``predict`` applies and the report of the fit."""
+    """The fitted model: the mapping ``predict`` applies (with ``calibration``, from
+    :func:`calibrate`) and the report of the fit."""
     p = pair.paired
     mapping = ModelMapping(
         method=spec.name,
@@ -785,6 +866,7 @@ def assemble(
         variance=variance,
         grid=pair.grid,
         applied_shift=pair.applied_shift,
+        calibration=calibration,
     )
     report = FitReport(
         metrics=evaluation.metrics,
@@ -795,6 +877,7 @@ def assemble(
         versions=package_versions(),
         dates=dates_record or {},
         date_metrics=evaluation.date_metrics,
+        calibration_scores=evaluation.calibration_scores,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -856,6 +939,7 @@ def run(
             progress=progress,
             budget=budget,
         )
+    calibration = calibrate(data, linear, trained)
     record: dict[str, Any] = {}
     which: np.ndarray | None = None
     labels: tuple[str, ...] = ()
@@ -864,8 +948,23 @@ def run(
         record["changed_pixels_left_out"] = left_out
         labels = tuple(str(d) for d in dated.dates)
     evaluation = evaluate(
-        data, linear, trained, paired.ref_bands, seed=seed, which=which, date_labels=labels
+        data,
+        linear,
+        trained,
+        paired.ref_bands,
+        seed=seed,
+        which=which,
+        date_labels=labels,
+        calibration=calibration,
     )
     return assemble(
-        pair, data, spec, linear, trained, evaluation, variance=variance, dates_record=record
+        pair,
+        data,
+        spec,
+        linear,
+        trained,
+        evaluation,
+        variance=variance,
+        dates_record=record,
+        calibration=calibration,
     )

@@ -101,7 +101,9 @@ def score_against_truth(
         },
         coords={"band": bands, "stage": list(stages)},
     )
-    if "variance" in prediction and clouds[valid].any() and (~clouds[valid]).any():
+    # A head's σ² only: an empirical one (#15, no head) is a function of brightness.
+    has_head = model.variance and "variance" in prediction
+    if has_head and clouds[valid].any() and (~clouds[valid]).any():
         var = np.asarray(prediction["variance"].values, dtype=np.float64).mean(axis=0)
         ds["cloud_auc"] = roc_auc(var[valid], clouds[valid])
     return ds

@@ -353,7 +353,11 @@ def report(
             scale=scale,
             offset=offset,
             need_src=True,
-            need_variance=isinstance(prediction, xr.Dataset) and "variance" in prediction,
+            # The map shows a head's σ² (clouds, changes); an empirical σ² (#15, models
+            # without a head) is a function of brightness alone, which the crop shows.
+            need_variance=(
+                model.variance and isinstance(prediction, xr.Dataset) and "variance" in prediction
+            ),
         )
 
     figures: dict[str, tuple[str, str, bytes]] = {}

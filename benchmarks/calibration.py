@@ -1,0 +1,144 @@
+"""Coverage of calibrated σ² on held-out clear pixels, against the simulator's truth (#15).
+
+For the TOC, TOA and unmasked-cloud (TOA, 10 % source clouds) simulated 1000² pairs
+(seed 5, patch_size 16: 13 validation and 14 test patches), each model is fitted as
+``fit`` fits it (``stages``), its σ² calibrated on the validation patches
+(``stages.calibrate``), and scored on the test patches at the reference resolution, on
+the pixels the simulator says are clear (no source cloud within the MTF blur: the
+truth's cloud map, blurred like the source, below 1e-3): coverage of ±1σ, ±1.96σ and
+±2.58σ before and after the calibration. Before is the head's own σ², or for a model
+without a head one σ² per band (the validation residuals' mean square).
+
+Models: linear and CalibNet without a head (300 steps), CalibNet with the head at 300
+steps and at the CPU budget (3000 steps), BCNet with the head at 1000 steps. Writes
+``benchmarks/results/calibration.json``.
+
+Run: ``python benchmarks/calibration.py [PAIR[:MODEL,...] ...]`` (PAIR toc, toa or
+cloudy; about 4 minutes of CPU per pair at one thread); the pairs (and models) given are
+(re)measured, the others' figures are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xharmonise import grid, psf, sampling, stages
+from xharmonise.calibration import LEVELS, source_brightness
+from xharmonise.models.linear import apply_linear
+from xharmonise.models.registry import method as method_spec
+from xharmonise.simulate import simulate_pair
+
+RESULTS = Path(__file__).resolve().parent / "results" / "calibration.json"
+SIZE, SEED, PATCH = 1000, 5, 16
+PAIRS = {"toc": {}, "toa": {"toa": True}, "cloudy": {"toa": True, "src_clouds": 0.1}}
+MODELS = {  # name: (method, variance head, iterations)
+    "linear": ("linear", False, None),
+    "calibnet_300": ("calibnet", False, 300),
+    "calibnet_head_300": ("calibnet", True, 300),
+    "calibnet_head_3000": ("calibnet", True, 3000),
+    "bcnet_head_1000": ("bcnet", True, 1000),
+}
+
+
+def _coverage(residual: np.ndarray, variance: np.ndarray) -> list[float]:
+    z = np.abs(residual) / np.sqrt(variance)
+    return [round(float(np.mean(z <= k)), 4) for k in LEVELS]
+
+
+def _clear_test_pixels(pair: Any, prepared: stages.PreparedPair, data: stages.TrainingData):
+    """(patch, y, x) True where the test pixel is free of source clouds, MTF included."""
+    clouds = pair.truth.src_clouds.astype("float32").expand_dims(band=[0])
+    aligned = np.asarray(grid.align_source(clouds, prepared.grid).values, np.float32)
+    share = psf.degrade_array(aligned, [max(prepared.sigmas)], prepared.grid.factor)[0]
+    return sampling.windows(data.index, data.test_cells, share) < 1e-3
+
+
+def main(names: list[str]) -> None:
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    if RESULTS.exists():
+        results = json.loads(RESULTS.read_text(encoding="utf-8"))
+    results["config"] = {"size": SIZE, "seed": SEED, "patch_size": PATCH, "models": MODELS}
+    for arg in names:
+        pair_name, _, chosen = arg.partition(":")
+        options = PAIRS[pair_name]
+        models = {k: MODELS[k] for k in chosen.split(",")} if chosen else MODELS
+        pair = simulate_pair((SIZE, SIZE), seed=SEED, **options)
+        paired = stages.reflectance_pair(pair.src, pair.ref)
+        for name, (method, head, iterations) in models.items():
+            spec = method_spec(method)
+            prepared = stages.prepare_pair(
+                paired, mask=None, coregister=False, measure=spec.measures_shift, seed=0
+            )
+            data = stages.build_training_data(
+                prepared, spec, patch_size=PATCH, test_fraction=0.1, max_patches=None, seed=0
+            )
+            clear = _clear_test_pixels(pair, prepared, data)
+            t0 = time.process_time()
+            linear = stages.fit_baseline(data)
+            trained = None
+            if spec.neural:
+                trained = stages.train_network(
+                    prepared,
+                    data,
+                    spec,
+                    linear,
+                    variance=head,
+                    iterations=iterations,
+                    batch_size=None,
+                    seed=0,
+                    device="cpu",
+                    progress=False,
+                )
+            seconds = time.process_time() - t0
+            t0 = time.process_time()
+            cal = stages.calibrate(data, linear, trained)
+            cal_seconds = time.process_time() - t0
+            held = data.held_out
+            if trained is None:
+                prediction = apply_linear(linear, held.src, axis=1)
+            else:
+                prediction = trained.prediction
+            if head:
+                assert trained is not None and trained.variance is not None
+                before, after = trained.variance, cal.variance(trained.variance, axis=1)
+            else:
+                val = slice(0, data.n_val)
+                val_pred = (
+                    apply_linear(linear, data.train.src[val], axis=1)
+                    if trained is None
+                    else trained.validation_prediction
+                )
+                mean_square = np.nanmean((data.train.ref[val] - val_pred) ** 2, axis=(0, 2, 3))
+                before = np.broadcast_to(mean_square[None, :, None, None], prediction.shape)
+                after = cal.variance(prediction, source_brightness(held.src, axis=1), axis=1)
+            residual = prediction - held.ref
+            entry: dict[str, Any] = {
+                "kind": cal.kind,
+                "validation_patches": cal.patches,
+                "knots_per_band": [len(k) for k in cal.knots],
+                "train_cpu_seconds": round(seconds, 1),
+                "calibration_cpu_seconds": round(cal_seconds, 3),
+                "clear_test_pixels": int(clear.sum()),
+                "levels": list(LEVELS),
+            }
+            for stage, var in (("before", before), ("after", after)):
+                entry[stage] = {
+                    band: _coverage(residual[:, b][clear], var[:, b][clear])
+                    for b, band in enumerate(paired.ref_bands)
+                }
+            results[f"{pair_name}/{name}"] = entry
+            print(pair_name, name, json.dumps({k: entry[k] for k in ("before", "after")}))
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(PAIRS))
