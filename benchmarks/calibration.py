@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from xharmonise import grid, psf, sampling, stages
-from xharmonise.calibration import LEVELS, source_brightness
+from xharmonise.calibration import LEVELS
 from xharmonise.models.linear import apply_linear
 from xharmonise.models.registry import method as method_spec
 from xharmonise.simulate import simulate_pair
@@ -106,19 +106,7 @@ def main(names: list[str]) -> None:
                 prediction = apply_linear(linear, held.src, axis=1)
             else:
                 prediction = trained.prediction
-            if head:
-                assert trained is not None and trained.variance is not None
-                before, after = trained.variance, cal.variance(trained.variance, axis=1)
-            else:
-                val = slice(0, data.n_val)
-                val_pred = (
-                    apply_linear(linear, data.train.src[val], axis=1)
-                    if trained is None
-                    else trained.validation_prediction
-                )
-                mean_square = np.nanmean((data.train.ref[val] - val_pred) ** 2, axis=(0, 2, 3))
-                before = np.broadcast_to(mean_square[None, :, None, None], prediction.shape)
-                after = cal.variance(prediction, source_brightness(held.src, axis=1), axis=1)
+            before, after = stages.variance_before_after(data, linear, trained, cal, prediction)
             residual = prediction - held.ref
             entry: dict[str, Any] = {
                 "kind": cal.kind,

@@ -72,6 +72,7 @@ __all__ = [
     "run",
     "single_reference",
     "train_network",
+    "variance_before_after",
     "warn_unknown_bands",
 ]
 
@@ -636,6 +637,39 @@ def _validation(data: TrainingData) -> slice:
     return slice(0, data.n_val) if data.n_val else slice(None)
 
 
+def _validation_prediction(
+    data: TrainingData, linear: np.ndarray, trained: Trained | None
+) -> np.ndarray:
+    """The model's prediction on the validation patches (the linear map's without a net)."""
+    if trained is None:
+        return apply_linear(linear, data.train.src[_validation(data)], axis=1)
+    assert trained.validation_prediction is not None, "train_network predicts them"
+    return trained.validation_prediction
+
+
+def variance_before_after(
+    data: TrainingData,
+    linear: np.ndarray,
+    trained: Trained | None,
+    calibration: Calibration,
+    prediction: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """σ² on the held-out patches before and after ``calibration``, for ``prediction``.
+
+    Before: the head's own σ², or without a head one σ² per band, the mean square of the
+    validation residuals. After: the calibrated σ², as ``predict`` gives it.
+    """
+    held = data.held_out
+    if calibration.kind == "head":
+        assert trained is not None and trained.variance is not None, "a head's calibration"
+        return trained.variance, calibration.variance(trained.variance, axis=1)
+    residual = data.train.ref[_validation(data)] - _validation_prediction(data, linear, trained)
+    mean_square = np.nanmean(residual**2, axis=(0, 2, 3))
+    before = np.broadcast_to(mean_square[None, :, None, None], prediction.shape)
+    after = calibration.variance(prediction, source_brightness(held.src, axis=1), axis=1)
+    return before, after
+
+
 def calibrate(data: TrainingData, linear: np.ndarray, trained: Trained | None) -> Calibration:
     """Fit the model's σ² map on the validation patches
     (:func:`xharmonise.calibration.fit_calibration`): the head's σ mapped, or an empirical
@@ -645,11 +679,8 @@ def calibrate(data: TrainingData, linear: np.ndarray, trained: Trained | None) -
     :class:`~xharmonise.errors.CalibrationWarning`."""
     val = _validation(data)
     target, src = data.train.ref[val], data.train.src[val]
-    if trained is None:
-        prediction, variance = apply_linear(linear, src, axis=1), None
-    else:
-        assert trained.validation_prediction is not None, "train_network predicts them"
-        prediction, variance = trained.validation_prediction, trained.validation_variance
+    prediction = _validation_prediction(data, linear, trained)
+    variance = None if trained is None else trained.validation_variance
     calibration = fit_calibration(target, prediction, variance=variance, src=src)
     if calibration.skipped:
         warnings.warn(
@@ -723,22 +754,9 @@ def evaluate(
     scores = None
     if calibration is not None:
         model = predictions["model"]
+        before, after = variance_before_after(data, linear, trained, calibration, model)
         if calibration.kind == "head":
-            assert trained is not None and trained.variance is not None, "a head's calibration"
-            before = trained.variance
-            after = calibration.variance(before, axis=1)
             stages["variance"] = after
-        else:
-            # Before: one σ² per band, the validation residuals' mean square.
-            val = _validation(data)
-            val_pred = (
-                apply_linear(linear, data.train.src[val], axis=1)
-                if trained is None
-                else trained.validation_prediction
-            )
-            mean_square = np.nanmean((data.train.ref[val] - val_pred) ** 2, axis=(0, 2, 3))
-            before = np.broadcast_to(mean_square[None, :, None, None], model.shape)
-            after = calibration.variance(model, source_brightness(held.src, axis=1), axis=1)
         scores = calibration_table(held.ref, model, before, after, list(ref_bands))
     elif trained is not None and trained.variance is not None:
         stages["variance"] = trained.variance
