@@ -6,8 +6,12 @@ problem and the fix, without modifying its inputs. Unlike the test, a failure do
 stop the run: every failing example is recorded (the first few of each kind, with the
 example's repr), so one run lists every finding. Examples come from a fixed seed.
 
-Usage: python benchmarks/fuzz.py [--examples 5000] [--entry fit --entry cli ...]
+Usage: python benchmarks/fuzz.py [--examples 5000] [--entry fit --entry cli ...] [--out F]
 Writes benchmarks/results/fuzz.json (example counts per entry point, wall time, findings).
+The entry points are independent (each has its own fixed seed), so on a machine with two
+cores the run can be split over two processes writing their own ``--out`` files, joined
+afterwards by ``python benchmarks/fuzz.py --combine a.json b.json``: the same examples as
+one process would run.
 """
 
 from __future__ import annotations
@@ -79,7 +83,13 @@ def main() -> None:
         "--entry", action="append", choices=ENTRY_POINTS, help="default: every entry point"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--combine", nargs="+", type=Path, help="join the results of split runs into --out"
+    )
     args = parser.parse_args()
+    if args.combine:
+        _write(_combined(args.combine), args.out)
+        return
     entries = args.entry or list(ENTRY_POINTS)
     t0 = time.perf_counter()
     results: dict[str, Any] = {
@@ -104,10 +114,33 @@ def main() -> None:
             for f in res["findings"]:
                 print(f"    {f['failure']}\n      e.g. {f['examples'][0]}", flush=True)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    _write(results, args.out)
+
+
+def _combined(paths: list[Path]) -> dict[str, Any]:
+    parts = [json.loads(p.read_text()) for p in paths]
+    configs = {json.dumps(p["config"], sort_keys=True) for p in parts}
+    if len(configs) != 1:
+        raise SystemExit(f"the runs differ in their configuration: {sorted(configs)}")
+    entries: dict[str, Any] = {}
+    for part in parts:
+        for name, res in part["entry_points"].items():
+            if name in entries:
+                raise SystemExit(f"entry point {name!r} is in more than one run")
+            entries[name] = res
+    return {
+        "config": {**parts[0]["config"], "processes": len(parts)},
+        "entry_points": {e: entries[e] for e in ENTRY_POINTS if e in entries},
+        # The processes ran side by side: the longest is the run's wall time.
+        "wall_seconds": max(p["wall_seconds"] for p in parts),
+    }
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
     results["failures"] = sum(r["failures"] for r in results["entry_points"].values())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{results['failures']} failures in {results['wall_seconds']} s; wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{results['failures']} failures in {results['wall_seconds']} s; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -174,12 +174,16 @@ def test_a_head_is_calibrated_on_validation_and_scored_on_the_test_patches(head_
     assert list(scores.band.values) == list(head_model.ref_bands)
     before = scores.sel(measure="coverage_1.96", stage="before")
     after = scores.sel(measure="coverage_1.96", stage="after")
-    # At 100 steps the head's σ is several times too large: ±1.96σ covers 1.000 on every
-    # band. Calibrated on ~1150 validation pixels (3 bins), scored on 1280 test pixels:
-    # measured 0.923-0.959 (the acceptance's ±0.02 needs a trained head and a larger
-    # pair: the figures are in the branch's notes); the bound leaves 0.013 of margin.
-    assert (before > 0.99).all(), before.values
-    assert (abs(after - 0.95) < 0.04).all(), after.values
+    # At 100 steps the head's σ is several times too large: ±1.96σ covers 0.998-1.000 per
+    # band. Calibrated on ~1150 validation pixels (3 bins), scored on 1280 test pixels in
+    # ~17 spatially correlated patches, a band's coverage is a noisy figure: over fit seeds
+    # 0-7 at 1 and 2 torch threads, 0.852-0.977 per band, 0.872-0.938 as the mean of the
+    # four bands (below 0.95 by design: a bin's σ splits the error between ±1σ and ±1.96σ,
+    # see xharmonise.calibration), and another CPU moves it as a seed does (seed 0's band
+    # 1: 0.959 on AVX2, 0.909 on AVX-512). The band mean's bounds leave 0.04 on each side
+    # of that spread and still fail when the map is not applied (0.999 or more).
+    assert float(before.mean()) > 0.99, before.values
+    assert 0.83 < float(after.mean()) < 0.975, after.values
     nll = scores.sel(measure="nll")
     assert (nll.sel(stage="after") < nll.sel(stage="before")).all()
     assert "variance" in head_model.samples

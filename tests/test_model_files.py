@@ -1,4 +1,5 @@
-"""Model files: release 0.1.0's load and predict bit for bit, this format round-trips,
+"""Model files: release 0.1.0's load with their weights intact and predict what they did,
+this format round-trips bit for bit,
 unknown or damaged ones are refused by version, and fsspec URLs work like local paths."""
 
 import dataclasses
@@ -52,16 +53,27 @@ def _predict(src: xr.DataArray, model: Harmoniser) -> xr.Dataset:
         return xharmonise.predict(src, model)
 
 
+def assert_as_stored(actual: np.ndarray, stored: np.ndarray) -> None:
+    """``actual`` equal to a prediction stored by an earlier release, up to float32 kernels.
+
+    The stored predictions were computed on an AVX2 CPU; on an AVX-512 one torch's float32
+    kernels sum in another order and the same weights give up to 1.8e-7 (3 ulp at 0.5)
+    away, measured. 1e-6 stays far below what a changed mapping moves: a weight or a
+    normalisation read wrongly moves the output by 1e-3 or more.
+    """
+    np.testing.assert_allclose(actual, stored, rtol=0, atol=1e-6)
+
+
 def _assert_predicts_like_0_1_0(model: Harmoniser, src: xr.DataArray, io: dict) -> None:
     out = _predict(src, model)
     stored = {k.split(".", 1)[1] for k in io if k.startswith(f"{model.method}.")}
     assert set(out.data_vars) == stored
     for name in stored:
-        np.testing.assert_array_equal(out[name].values, io[f"{model.method}.{name}"])
+        assert_as_stored(out[name].values, io[f"{model.method}.{name}"])
 
 
 @pytest.mark.parametrize("name", V1_METHODS)
-def test_release_0_1_0_files_load_and_predict_bit_identically(name, window, io):
+def test_release_0_1_0_files_load_and_predict_as_they_did(name, window, io):
     path = DATA / f"model-v1-{name}.safetensors"
     with safe_open(str(path), framework="numpy") as f:
         assert json.loads(f.metadata()["xharmonise"])["format"] == "xharmonise-model/1"
@@ -158,7 +170,7 @@ def test_format_2_round_trip_is_identical(name, coregistered, window, io, tmp_pa
         # predict moves the output by minus the applied shift; the values are those of 0.1.0.
         out = _predict(window, back)
         np.testing.assert_allclose(window.x.values - out.x.values, 3.0)
-        np.testing.assert_array_equal(out["prediction"].values, io[f"{name}.prediction"])
+        assert_as_stored(out["prediction"].values, io[f"{name}.prediction"])
     else:
         _assert_predicts_like_0_1_0(back, window, io)
 
@@ -200,7 +212,7 @@ def test_a_0_1_0_coregistered_model_moves_its_output_as_it_did(io):
 
 
 @pytest.mark.parametrize("name", ["bcnet", "linear-coregistered"])
-def test_release_0_2_0_files_load_and_predict_bit_identically(name, window, io):
+def test_release_0_2_0_files_load_and_predict_as_they_did(name, window, io):
     # Files of the current format, committed, so that a later change of format 2 shows.
     path = DATA / f"model-v2-{name}.safetensors"
     with safe_open(str(path), framework="numpy") as f:

@@ -122,13 +122,19 @@ def _v1_pair():
     return simulate_pair((120, 120), seed=3)
 
 
+# Float64 results of the same computation on CPUs with other vector units: ~1e-15 apart.
+FLOAT64_KERNELS = 1e-12
+
+
 def test_the_staged_fit_learns_what_release_0_1_0_learned():
     # Behaviour stays the same: the same fit gives the model 0.1.0 saved.
     pair = _v1_pair()
     old = xharmonise.load(DATA / "model-v1-linear.safetensors")
     new = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=4, progress=False)
-    np.testing.assert_array_equal(new.linear, old.linear)
-    xr.testing.assert_allclose(new.metrics, old.metrics, rtol=0, atol=0)
+    # The same samples exactly; the least squares' float64 sums run in another order on
+    # another CPU (AVX-512 against the AVX2 that wrote the file: 2.9e-15 apart, measured).
+    np.testing.assert_allclose(new.linear, old.linear, rtol=0, atol=FLOAT64_KERNELS)
+    xr.testing.assert_allclose(new.metrics, old.metrics, rtol=0, atol=FLOAT64_KERNELS)
     assert new.patches == old.patches
     for k, v in old.samples.items():
         np.testing.assert_array_equal(new.samples[k], v)
@@ -148,7 +154,7 @@ def test_the_staged_bcnet_fit_trains_what_release_0_1_0_trained():
         progress=False,
     )
     assert new.patches == old.patches
-    np.testing.assert_array_equal(new.linear, old.linear)
+    np.testing.assert_allclose(new.linear, old.linear, rtol=0, atol=FLOAT64_KERNELS)
     # Same data, same seeds, same steps; float sums may differ with the thread count
     # (lazy vs in-memory fits differ by up to 9e-6 on weights with one thread).
     old_state, new_state = old.net.state_dict(), new.net.state_dict()
