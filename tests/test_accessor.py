@@ -13,7 +13,7 @@ import xharmonise
 from xharmonise import api
 from xharmonise.simulate import simulate_pair
 
-ENTRIES = ["fit", "predict", "estimate_shift"]
+ENTRIES = ["fit", "predict", "evaluate", "estimate_shift"]
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,33 @@ def test_version_is_the_projects_and_goes_into_every_model():
     pair = simulate_pair((200, 200), seed=0)
     model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
     assert model.fit_report.versions["xharmonise"] == declared
+
+
+def test_evaluate_through_the_accessor_equals_the_free_function(pair):
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
+    mask = xr.zeros_like(pair.mask)
+    mask[:8, :8] = True
+    # Every option away from its default, so that a dropped one changes the scores.
+    options = dict(
+        mask=mask,
+        bands={"B0": "B2", "B1": "B3", "B2": "B4", "B3": "B8"},
+        scale=(1.0, 1.0),
+        offset=(0.0, 0.0),
+        split="test",
+        patch_size=8,
+        test_fraction=0.3,
+        max_patches=12,
+        seed=5,
+        coregister=False,
+        src_time="2024-06-15",
+        dates="nearest",
+        max_days=10.0,
+    )
+    assert options.keys() == inspect.signature(api.evaluate).parameters.keys() - {
+        "src",
+        "ref",
+        "model",
+    }
+    via = pair.src.harmonise.evaluate(pair.ref, model, **options)
+    xr.testing.assert_identical(via, xharmonise.evaluate(pair.src, pair.ref, model, **options))
+    assert via.attrs["patches"] == 4  # 30 % of 12

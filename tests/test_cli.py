@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import rioxarray
 import xarray as xr
@@ -382,6 +384,11 @@ _ERRORS = [
     (["info", "{folder}/none.zarr"], 1, "no Zarr store"),
     (["demo", "--src", "{src}"], 2, "--src and --ref"),
     (["report", "{folder}/none.safetensors"], 1, "no model"),
+    (["evaluate", "{src}", "{ref}", "-m", "{folder}/none.safetensors"], 1, "no model"),
+    # The table's destination is refused before anything is read.
+    (["evaluate", "{garbage}", "{ref}", "-m", "m", "-o", "scores.txt"], 2, ".json or .csv"),
+    (["evaluate", "{garbage}", "{ref}", "-m", "m", "-o", "{folder}/no/s.csv"], 1, "not exist"),
+    (["evaluate", "{src}", "{ref}", "-m", "m", "--coregister", "--no-coregister"], 2, "allowed"),
     ([], 2, "COMMAND"),
     (["frobnicate"], 2, "invalid choice"),
 ]
@@ -476,6 +483,51 @@ def test_demo_refuses_half_a_pair_with_a_library_error(tmp_path):
     with pytest.raises(InputValueError, match="give both src and ref"):
         run(tmp_path, src=pair.src, echo=lambda *a: None)
     assert not list(tmp_path.iterdir())  # refused before any work
+
+
+# --------------------------------------------------------------------------- evaluate
+def test_evaluate_gives_back_fits_table_as_text_json_and_csv(files, linear_fit, tmp_path):
+    path, _ = linear_fit
+    model = xharmonise.load(path)
+    args = [
+        "evaluate", files["src"], files["ref"], "-m", path, "--mask", files["mask"],
+        "--patch-size", "16", "--split", "test", "--quiet",
+    ]  # fmt: skip
+    proc = _ok(xh(*args, "-o", tmp_path / "scores.json"))
+    assert proc.stderr == "" and proc.stdout.strip().endswith(f"wrote {tmp_path / 'scores.json'}")
+    # Printed: the metrics (initial, linear, model), then σ² coverage beside its nominal.
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^B\d\s", line)]
+    n_metrics = 4 * model.metrics.sizes["metric"]
+    assert len(rows) == n_metrics + 4 * 4
+    _, metric, *values = rows[0]
+    np.testing.assert_allclose(
+        [float(v) for v in values], model.metrics.isel(band=0).sel(metric=metric), atol=5e-5
+    )
+    assert [r[1] for r in rows[n_metrics : n_metrics + 4]] == [
+        "coverage_1", "coverage_1.96", "coverage_2.58", "nll",
+    ]  # fmt: skip
+    assert float(rows[n_metrics + 1][3]) == 0.95  # nominal
+    # The JSON holds fit's table, to float rounding, and what was scored.
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert (scores["split"], scores["patches"]) == ("test", model.patches["test"])
+    for band in model.metrics["band"].values:
+        for metric in model.metrics["metric"].values:
+            for stage in model.metrics["stage"].values:
+                expected = float(model.metrics.sel(band=band, metric=metric, stage=stage))
+                got = scores["metrics"][band][metric][stage]
+                assert abs(got - expected) < 1e-6, (band, metric, stage)
+    nll = float(model.calibration_scores.sel(stage="after", band="B4", measure="nll"))
+    assert abs(scores["calibration"]["B4"]["nll"] - nll) < 1e-6
+    assert scores["nominal_coverage"]["coverage_1.96"] == 0.95
+    # The CSV: one row per value, the same values.
+    _ok(xh(*args, "-o", tmp_path / "scores.csv"))
+    table = pd.read_csv(tmp_path / "scores.csv")
+    rmse = table[(table["table"] == "metrics") & (table["metric"] == "rmse")]
+    rmse = rmse.set_index(["band", "stage"])["value"]
+    expected = model.metrics.sel(metric="rmse").to_series()
+    np.testing.assert_allclose(rmse.loc[expected.index].values, expected.values, atol=1e-6)
+    cal = table[table["table"] == "calibration"]
+    assert len(cal) == 4 * 4 and cal["stage"].isna().all()
 
 
 # --------------------------------------------------------------------------- report, demo

@@ -99,7 +99,7 @@ def test_public_callable_has_runnable_examples(name):
 def test_public_api_is_what_the_package_exports():
     # The walk above covers the package's own list; a new export is covered automatically.
     assert {f"xharmonise.{n}" for n in xharmonise.__all__} <= set(API)
-    assert {f"{ACCESSOR}.{m}" for m in ("fit", "predict", "estimate_shift")} <= set(API)
+    assert {f"{ACCESSOR}.{m}" for m in ("fit", "predict", "evaluate", "estimate_shift")} <= set(API)
 
 
 # --------------------------------------------------------------------------- the build
@@ -149,5 +149,5 @@ def test_api_reference_documents_every_public_name(html):
 
 def test_cli_page_holds_the_generated_help(html):
     text = (html / "cli.html").read_text(encoding="utf-8")
-    for command in ("fit", "predict", "report", "info", "demo"):
+    for command in ("fit", "predict", "evaluate", "report", "info", "demo"):
         assert f"usage: xharmonise {command}" in text, command

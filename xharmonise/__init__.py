@@ -3,7 +3,7 @@
 from importlib.metadata import version as _version
 
 from xharmonise import accessor as _accessor  # noqa: F401  (registers .harmonise)
-from xharmonise.api import estimate_shift, fit, predict
+from xharmonise.api import estimate_shift, evaluate, fit, predict
 from xharmonise.calibration import Calibration
 from xharmonise.errors import (
     BandMismatchError,
@@ -58,6 +58,7 @@ __all__ = [
     "cloud_mask_from_clm",
     "cloud_mask_from_scl",
     "estimate_shift",
+    "evaluate",
     "fit",
     "load",
     "predict",

@@ -15,6 +15,7 @@ import xarray as xr
 
 from xharmonise import api
 from xharmonise.dates import DEFAULT_MAX_DAYS
+from xharmonise.evaluation import Split
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import MethodName
 from xharmonise.records import ShiftEstimate
@@ -146,6 +147,58 @@ class _HarmoniseAccessor:
         """
         return api.predict(
             self._obj, model, with_variance=with_variance, scale=scale, offset=offset
+        )
+
+    def evaluate(
+        self,
+        ref: xr.DataArray | xr.Dataset,
+        model: Harmoniser,
+        *,
+        mask: xr.DataArray | None = None,
+        bands: Mapping[str, str] | Sequence[str] | None = None,
+        scale: float | tuple[float | None, float | None] | None = None,
+        offset: float | tuple[float | None, float | None] | None = None,
+        split: Split = "all",
+        patch_size: int = 32,
+        test_fraction: float = 0.1,
+        max_patches: int | None = None,
+        seed: int = 0,
+        coregister: bool | ShiftEstimate | None = None,
+        src_time: Any = None,
+        dates: str | Sequence[Any] = "auto",
+        max_days: float = DEFAULT_MAX_DAYS,
+    ) -> xr.Dataset:
+        """:func:`xharmonise.evaluate` with this object as the source ``src``.
+
+        The parameters are :func:`xharmonise.evaluate`'s; see it for their meaning.
+
+        Examples
+        --------
+        >>> import xharmonise
+        >>> from xharmonise.simulate import simulate_pair
+        >>> pair = simulate_pair((200, 200), seed=0)
+        >>> model = pair.src.harmonise.fit(pair.ref, method="linear", patch_size=8)
+        >>> scores = pair.src.harmonise.evaluate(pair.ref, model, split="test", patch_size=8)
+        >>> scores["metrics"].dims
+        ('band', 'metric', 'stage')
+        """
+        return api.evaluate(
+            self._obj,
+            ref,
+            model=model,
+            mask=mask,
+            bands=bands,
+            scale=scale,
+            offset=offset,
+            split=split,
+            patch_size=patch_size,
+            test_fraction=test_fraction,
+            max_patches=max_patches,
+            seed=seed,
+            coregister=coregister,
+            src_time=src_time,
+            dates=dates,
+            max_days=max_days,
         )
 
 

@@ -1,10 +1,12 @@
-"""fit, predict and estimate_shift: the public flow, checked first, then run by stages.
+"""fit, predict, evaluate and estimate_shift: the public flow, checked first, then run by
+stages.
 
 ``fit`` checks every argument (:mod:`xharmonise.arguments`) before any pixel is read, then
 runs the stages of :mod:`xharmonise.stages`: inputs -> reflectance -> phase-aligned grid
 (optionally co-registered) -> reference-resolution reductions and patches (lazy until
 here) -> training (in memory, small) -> evaluation -> Harmoniser. ``predict`` applies the
-mapping lazily (:mod:`xharmonise.inference`).
+mapping lazily (:mod:`xharmonise.inference`). ``evaluate`` scores a fitted model on
+another pair with the fit's own stages (:mod:`xharmonise.evaluation`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from xharmonise import arguments, stages
+from xharmonise import arguments, evaluation, stages
 from xharmonise import grid as _grid
 from xharmonise.calibration import Calibration, source_brightness
 from xharmonise.dates import DEFAULT_MAX_DAYS
@@ -35,7 +37,7 @@ from xharmonise.scaling import (
     to_reflectance,
 )
 
-__all__ = ["estimate_shift", "fit", "predict"]
+__all__ = ["estimate_shift", "evaluate", "fit", "predict"]
 
 
 def estimate_shift(
@@ -434,3 +436,143 @@ def predict(
         for name in ds.data_vars:
             ds[name].attrs["grid_mapping"] = "spatial_ref"
     return ds
+
+
+def evaluate(
+    src: xr.DataArray | xr.Dataset,
+    ref: xr.DataArray | xr.Dataset,
+    model: Harmoniser,
+    *,
+    mask: xr.DataArray | None = None,
+    bands: Mapping[str, str] | Sequence[str] | None = None,
+    scale: float | tuple[float | None, float | None] | None = None,
+    offset: float | tuple[float | None, float | None] | None = None,
+    split: evaluation.Split = "all",
+    patch_size: int = 32,
+    test_fraction: float = 0.1,
+    max_patches: int | None = None,
+    seed: int = 0,
+    coregister: bool | ShiftEstimate | None = None,
+    src_time: Any = None,
+    dates: str | Sequence[Any] = "auto",
+    max_days: float = DEFAULT_MAX_DAYS,
+) -> xr.Dataset:
+    """Score a fitted model on a pair (another date, a neighbouring scene) as ``fit`` does.
+
+    The pair is sampled as :func:`fit` samples it (the same grid, MTF reduction, patch
+    validity, masks and reference-date choice), the model predicts the patches as ``fit``
+    predicts its test patches, at the reference resolution, and the same metrics are
+    computed: check a model here before applying it elsewhere. Nothing is refitted: the
+    ``linear`` stage is the model's own linear baseline, applied as learned.
+
+    Parameters
+    ----------
+    src, ref : xarray.DataArray or xarray.Dataset
+        Source and reference, of the kinds :func:`fit` takes (a reference time series is
+        reduced to the dates that serve the source, as ``fit`` does: ``src_time``,
+        ``dates``, ``max_days``), with the bands the model was fitted on.
+    model : Harmoniser
+        From :func:`fit` or :func:`xharmonise.load`.
+    mask : xarray.DataArray, optional
+        Cloud mask on the reference grid, as for :func:`fit`: masked pixels are not
+        scored.
+    bands : mapping or sequence, optional
+        Band pairing, as for :func:`fit`; by default the model's own pairing when both
+        inputs carry its band names, else in order. The paired bands must be the model's.
+    scale, offset : float or (float, float), optional
+        As for :func:`fit`; an integer source without scaling attributes is by default
+        scaled as the model's training source was (as :func:`predict` does).
+    split : {"all", "test"}
+        Which valid patches are scored: ``"all"`` (for a pair the model never saw), or
+        ``"test"``, the test split :func:`fit` holds out with the same ``patch_size``,
+        ``test_fraction``, ``max_patches`` and ``seed``: on the pair the model was fitted
+        on, these are the patches ``model.metrics`` was computed on, and the table is
+        ``model.metrics`` again (to float rounding). ``"all"`` on the training pair scores
+        training patches too, which flatters the model.
+    patch_size, test_fraction, max_patches, seed : int, float, int, int
+        As for :func:`fit` (``max_patches`` and ``seed`` pick and order the patches for
+        ``"all"`` too; ``test_fraction`` is read by ``"test"`` only).
+    coregister : bool or ShiftEstimate, optional
+        The source's correction before sampling. By default (None) the model's: a model
+        fitted with ``coregister=True`` corrects the source by the shift it measured on
+        its training pair (right for that pair, and for a source with the same
+        mis-registration: it is what :func:`predict` assumes, moving its output by that
+        shift), else none. True measures this pair's own shift (:func:`estimate_shift`)
+        and corrects it: for another scene whose mis-registration differs. False: no
+        correction. A ShiftEstimate is applied as given.
+    src_time, dates, max_days
+        As for :func:`fit`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``metrics``: (band, metric, stage), the layout of ``model.metrics`` (stages
+        initial, linear and model; RMSE, R², explained variance, max error, reflectance
+        units). ``calibration``, for a model that gives σ² (every model fitted since σ²
+        was calibrated; a model with a variance head): (band, measure), the coverage of
+        ±1σ, ±1.96σ and ±2.58σ and the mean Gaussian NLL of the σ² :func:`predict`
+        returns (calibrated, ``model.calibration``), with the calibrated Gaussian's
+        coverage as coordinate ``nominal``. ``date_metrics`` for a reference time series:
+        (band, metric, stage, date). Attributes: ``method``, ``split``, ``patches``
+        (scored), ``valid_patches``, ``pixels`` (clear reference pixels scored),
+        ``patch_size``, ``seed``, ``variance_kind``, ``calibration`` and, when the source
+        was corrected, ``coregistration_shift`` (east, north).
+
+    Raises
+    ------
+    BandMismatchError
+        The pair's bands are not the model's.
+    GridError
+        The source's resolution relative to the reference is not the model's, or the
+        mask is off the reference grid.
+    NoOverlapError, NoValidPatchesError
+        The pair does not overlap, or holds no valid patch.
+    HarmoniseError
+        A subclass naming the problem for any other bad input.
+
+    Examples
+    --------
+    On the pair a model was fitted on, its test split gives back its metric table:
+
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> scores = evaluate(pair.src, pair.ref, model, split="test", patch_size=16)
+    >>> bool(abs(scores["metrics"] - model.metrics).max() < 1e-6)
+    True
+
+    On a neighbouring scene, every valid patch, with the coverage of the calibrated σ²:
+
+    >>> other = simulate_pair((400, 400), seed=0, origin=(510000.0, 4800000.0))
+    >>> scores = evaluate(other.src, other.ref, model, patch_size=16)
+    >>> scores["metrics"].sel(metric="rmse", stage="model").dims
+    ('band',)
+    >>> scores["calibration"].sel(measure="coverage_1.96").sizes["band"]
+    4
+    """
+    arguments.evaluate_options(
+        model,
+        split=split,
+        patch_size=patch_size,
+        test_fraction=test_fraction,
+        max_patches=max_patches,
+        seed=seed,
+        coregister=coregister,
+    )
+    arguments.date_options(dates_policy=dates, max_days=max_days, src_time=src_time)
+    mask = arguments.mask(mask)
+    return evaluation.run(
+        evaluation.model_reflectance(
+            src, ref, model, scale=scale, offset=offset, bands=bands, src_time=src_time
+        ),
+        model,
+        mask=mask,
+        coregister=coregister,
+        split=split,
+        patch_size=patch_size,
+        test_fraction=test_fraction,
+        max_patches=max_patches,
+        seed=seed,
+        dates_policy=dates,
+        max_days=max_days,
+    )

@@ -14,12 +14,21 @@ import xarray as xr
 
 from xharmonise import checks, dates
 from xharmonise.errors import DimensionError, InputTypeError, InputValueError
+from xharmonise.evaluation import SPLITS
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import METHODS
 from xharmonise.models.registry import method as method_spec
 from xharmonise.records import ShiftEstimate
 
-__all__ = ["date_options", "fit_options", "mask", "predict_options", "shift_options"]
+__all__ = [
+    "date_options",
+    "evaluate_options",
+    "fit_options",
+    "harmoniser",
+    "mask",
+    "predict_options",
+    "shift_options",
+]
 
 
 def fit_options(
@@ -75,11 +84,7 @@ def fit_options(
 def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) -> None:
     """Refuse a ``model`` that is no :class:`~xharmonise.Harmoniser`, or a bad option of
     ``predict``."""
-    if not isinstance(model, Harmoniser):
-        raise InputTypeError(
-            f"model is a {checks.type_name(model)}: pass a Harmoniser from xharmonise.fit, or "
-            "read a saved one with xharmonise.load(path)"
-        )
+    harmoniser(model)
     if with_variance is not None:
         checks.flag(with_variance, "with_variance")
     if with_variance is True and model.variance_kind is None:
@@ -90,6 +95,60 @@ def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) 
         )
     checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
     checks.real(offset, "offset", optional=True)
+
+
+def harmoniser(value: Any) -> Harmoniser:
+    """``model=`` as a :class:`~xharmonise.Harmoniser`, or an error naming the fix.
+
+    Examples
+    --------
+    >>> harmoniser("model.safetensors")
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputTypeError: model is a str: pass a Harmoniser from xharmonise.fit, ...
+    """
+    if not isinstance(value, Harmoniser):
+        raise InputTypeError(
+            f"model is a {checks.type_name(value)}: pass a Harmoniser from xharmonise.fit, or "
+            "read a saved one with xharmonise.load(path)"
+        )
+    return value
+
+
+def evaluate_options(
+    model: Any,
+    *,
+    split: Any,
+    patch_size: Any,
+    test_fraction: Any,
+    max_patches: Any,
+    seed: Any,
+    coregister: Any,
+) -> None:
+    """Refuse a ``model`` that is no :class:`~xharmonise.Harmoniser`, or a bad option of
+    ``evaluate``.
+
+    Examples
+    --------
+    >>> evaluate_options(None, split="train", patch_size=32, test_fraction=0.1,
+    ...                  max_patches=None, seed=0, coregister=None)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputTypeError: model is a NoneType: pass a Harmoniser from ...
+    """
+    harmoniser(model)
+    if not isinstance(split, str) or split not in SPLITS:
+        raise InputValueError(
+            f"split={split!r} is not a choice: give 'all' (every valid patch of the pair) or "
+            "'test' (the test split fit holds out with the same patch_size, test_fraction, "
+            "max_patches and seed)"
+        )
+    checks.integer(patch_size, "patch_size", minimum=1)
+    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
+    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
+    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
+    if coregister is not None and not isinstance(coregister, ShiftEstimate):
+        checks.flag(coregister, "coregister")
 
 
 def shift_options(

@@ -57,6 +57,7 @@ __all__ = [
     "MIN_PATCHES",
     "Calibration",
     "calibration_table",
+    "coverage_table",
     "fit_calibration",
     "source_brightness",
 ]
@@ -378,6 +379,70 @@ def fit_calibration(
     )
 
 
+def coverage_table(
+    target: np.ndarray,
+    prediction: np.ndarray,
+    variance: np.ndarray,
+    bands: Sequence[str],
+    *,
+    axis: int = 1,
+) -> xr.DataArray:
+    """Coverage and mean NLL per band of one σ².
+
+    Parameters
+    ----------
+    target, prediction : numpy.ndarray
+        Held-out reference and prediction (same shape, bands at ``axis``); pixels NaN in
+        either, or without a finite positive σ², are left out.
+    variance : numpy.ndarray
+        σ², same shape.
+    bands : sequence of str
+        Band names.
+    axis : int, default 1
+        The band axis.
+
+    Returns
+    -------
+    xarray.DataArray
+        (band, measure): ``coverage_1``, ``coverage_1.96``, ``coverage_2.58`` (share of
+        pixels within ±kσ) and ``nll`` (mean Gaussian negative log-likelihood, with its
+        ½ ln 2π), with the calibrated Gaussian's values as coordinate ``nominal`` (NaN
+        for ``nll``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> r = rng.normal(size=(1, 1, 50_000)) * 0.01
+    >>> t = coverage_table(r, 0 * r, np.full_like(r, 1e-4), ["B4"])
+    >>> t.sel(measure="coverage_1.96").round(2).values.tolist()
+    [0.95]
+    """
+    residual = np.moveaxis(np.asarray(target, np.float64) - prediction, axis, 0)
+    n = residual.shape[0]
+    residual = residual.reshape(n, -1)
+    measures = [f"coverage_{k:g}" for k in LEVELS] + ["nll"]
+    table = np.full((len(bands), len(measures)), np.nan)
+    v = np.moveaxis(np.asarray(variance, np.float64), axis, 0).reshape(n, -1)
+    for b in range(n):
+        ok = np.isfinite(residual[b]) & np.isfinite(v[b]) & (v[b] > 0)
+        if not ok.any():
+            continue
+        z = np.abs(residual[b, ok]) / np.sqrt(v[b, ok])
+        for m, k in enumerate(LEVELS):
+            table[b, m] = float(np.mean(z <= k))
+        table[b, -1] = float(np.mean(0.5 * (z**2 + np.log(v[b, ok]) + np.log(2 * np.pi))))
+    return xr.DataArray(
+        table,
+        dims=("band", "measure"),
+        coords={
+            "band": list(bands),
+            "measure": measures,
+            "nominal": ("measure", [*LEVELS.values(), np.nan]),
+        },
+        name="calibration",
+    )
+
+
 def calibration_table(
     target: np.ndarray,
     prediction: np.ndarray,
@@ -403,9 +468,8 @@ def calibration_table(
     Returns
     -------
     xarray.DataArray
-        (band, measure, stage): measures ``coverage_1``, ``coverage_1.96``,
-        ``coverage_2.58`` (share of pixels within ±kσ) and ``nll`` (mean Gaussian
-        negative log-likelihood, with its ½ ln 2π); stages ``before`` and ``after``.
+        (band, measure, stage): the measures of :func:`coverage_table` for the stages
+        ``before`` and ``after``.
 
     Examples
     --------
@@ -415,24 +479,12 @@ def calibration_table(
     >>> t.sel(measure="coverage_1.96").round(2).values.tolist()
     [[1.0, 0.95]]
     """
-    residual = np.moveaxis(np.asarray(target, np.float64) - prediction, axis, 0)
-    n = residual.shape[0]
-    residual = residual.reshape(n, -1)
-    measures = [f"coverage_{k:g}" for k in LEVELS] + ["nll"]
-    table = np.full((len(bands), len(measures), 2), np.nan)
-    for s, var in enumerate((before, after)):
-        v = np.moveaxis(np.asarray(var, np.float64), axis, 0).reshape(n, -1)
-        for b in range(n):
-            ok = np.isfinite(residual[b]) & np.isfinite(v[b]) & (v[b] > 0)
-            if not ok.any():
-                continue
-            z = np.abs(residual[b, ok]) / np.sqrt(v[b, ok])
-            for m, k in enumerate(LEVELS):
-                table[b, m, s] = float(np.mean(z <= k))
-            table[b, -1, s] = float(np.mean(0.5 * (z**2 + np.log(v[b, ok]) + np.log(2 * np.pi))))
-    return xr.DataArray(
-        table,
-        dims=("band", "measure", "stage"),
-        coords={"band": list(bands), "measure": measures, "stage": ["before", "after"]},
-        name="calibration",
+    tables = [
+        coverage_table(target, prediction, v, bands, axis=axis).drop_vars("nominal")
+        for v in (before, after)
+    ]
+    return (
+        xr.concat(tables, dim="stage")
+        .assign_coords(stage=["before", "after"])
+        .transpose("band", "measure", "stage")
     )

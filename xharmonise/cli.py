@@ -1,8 +1,9 @@
-"""The ``xharmonise`` command: fit, predict, report, info and demo.
+"""The ``xharmonise`` command: fit, predict, evaluate, report, info and demo.
 
 Each subcommand is a thin layer over the library: it opens the inputs lazily with
 rioxarray, calls :func:`xharmonise.fit`, :func:`xharmonise.predict`,
-:func:`xharmonise.to_zarr` or :func:`xharmonise.plot.report`, and prints what a user
+:func:`xharmonise.evaluate`, :func:`xharmonise.to_zarr` or :func:`xharmonise.plot.report`,
+and prints what a user
 needs to judge the result (the metrics table, what was written where).
 
 Exit codes: 0 on success; 1 when the library refuses an input (any
@@ -54,6 +55,7 @@ from xharmonise.models.registry import METHODS
 from xharmonise.runfiles import (
     InputError,
     format_metrics,
+    format_table,
     one_line,
     open_mask,
     open_raster,
@@ -61,12 +63,15 @@ from xharmonise.runfiles import (
 )
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from xharmonise.harmoniser import Harmoniser
     from xharmonise.store import StoreInfo
 
 __all__ = [
     "build_parser",
     "format_dates",
+    "format_evaluation",
     "format_model_info",
     "format_store_info",
     "main",
@@ -271,6 +276,96 @@ def format_model_info(model: Harmoniser) -> str:
     return "\n".join(parts)
 
 
+def format_evaluation(scores: xr.Dataset) -> str:
+    """Text shown by ``xharmonise evaluate``: the metric table of
+    :func:`xharmonise.evaluate` and the coverage of σ² beside its nominal value.
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((400, 400), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=16)
+    >>> scores = xharmonise.evaluate(pair.src, pair.ref, model, patch_size=16)
+    >>> print(format_evaluation(scores).splitlines()[0])
+    metrics, reflectance units (all: 16 of 16 valid patches of 16 px, 4096 clear pixels)
+    """
+    import xarray as xr
+
+    a = scores.attrs
+    title = (
+        f"metrics, reflectance units ({a['split']}: {a['patches']} of {a['valid_patches']} "
+        f"valid patches of {a['patch_size']} px, {a['pixels']} clear pixels)"
+    )
+    parts = [format_table(scores["metrics"], title)]
+    if "calibration" in scores:
+        cal = scores["calibration"]
+        nominal = cal["nominal"].broadcast_like(cal)
+        side = xr.concat([cal.drop_vars("nominal"), nominal.drop_vars("nominal")], "sigma")
+        side = side.assign_coords(sigma=["observed", "nominal"]).transpose("band", "measure", ...)
+        how = "calibrated on the validation patches" if a["calibration"] != "none" else "raw"
+        parts.append(format_table(side, f"σ² ({a['variance_kind']}, {how}): coverage and NLL"))
+    if "coregistration_shift" in a:
+        east, north = a["coregistration_shift"]
+        parts.append(f"source corrected by the shift (east, north), m: ({east:+.2f}, {north:+.2f})")
+    return "\n".join(parts)
+
+
+def _evaluation_json(scores: xr.Dataset) -> dict[str, Any]:
+    """The result of :func:`xharmonise.evaluate` as JSON-able nested dicts (NaN: null)."""
+
+    def nested(var: xr.DataArray) -> Any:
+        if var.ndim == 0:
+            value = float(var)
+            return None if math.isnan(value) else value
+        dim = var.dims[0]
+        return {str(k): nested(var.isel({dim: i})) for i, k in enumerate(var[dim].values)}
+
+    out: dict[str, Any] = {k: v for k, v in scores.attrs.items()}
+    for name, var in scores.data_vars.items():
+        out[str(name)] = nested(var.reset_coords(drop=True))
+    if "calibration" in scores:
+        out["nominal_coverage"] = nested(scores["calibration"]["nominal"].reset_coords(drop=True))
+    return out
+
+
+def _write_evaluation(scores: xr.Dataset, path: Path) -> None:
+    """The scores as JSON (nested) or CSV (one row per value), by the file's suffix."""
+    import json
+
+    import pandas as pd
+
+    if path.suffix.lower() == ".json":
+        text = json.dumps(_evaluation_json(scores), indent=2, allow_nan=False) + "\n"
+        path.write_text(text, encoding="utf-8")
+        return
+    frames = [
+        var.to_dataframe(name="value").reset_index().assign(table=str(name))
+        for name, var in scores.data_vars.items()
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    first = ["table", "band", "metric", "measure", "stage", "date"]
+    columns = [c for c in first if c in table] + [c for c in table if c not in first]
+    table[columns].to_csv(path, index=False)
+
+
+def _table_destination(args: argparse.Namespace) -> Path | None:
+    """``--out`` of ``evaluate``, refused before any work when it cannot be written."""
+    if args.out is None:
+        return None
+    out = Path(args.out)
+    if out.suffix.lower() not in (".json", ".csv"):
+        raise _usage(args, f"--out {out}: give a .json or .csv file")
+    if out.is_dir():
+        raise InputError(f"{out} is a folder: give a file path, e.g. {out / 'scores.json'}")
+    if not out.parent.is_dir():
+        raise InputError(
+            f"cannot write {out}: the folder {out.parent} does not exist: create it first or "
+            "choose another path"
+        )
+    return out
+
+
 def _cli_wording(message: str) -> str:
     # Library messages name keyword arguments; on the command line the fix is a flag.
     for api, flag in (("mode='w'", "--overwrite"), ("resume=True", "--resume")):
@@ -366,6 +461,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {', '.join(map(str, out.data_vars))} ({shape}) in "
         f"{time.perf_counter() - t0:.1f} s"
     )
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    out = _table_destination(args)
+    model = xharmonise.load(args.model)
+    src = open_raster(args.src, what="the source", chunks=args.chunks)
+    ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
+    mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
+    with _scheduler(None):
+        scores = xharmonise.evaluate(
+            src,
+            ref,
+            model,
+            mask=mask,
+            bands=args.bands,
+            scale=args.scale,
+            offset=args.offset,
+            split=args.split,
+            patch_size=args.patch_size,
+            max_patches=args.max_patches,
+            seed=args.seed,
+            coregister=args.coregister,
+        )
+    _echo(repr(model))
+    _echo(format_evaluation(scores))
+    if out is not None:
+        _write_evaluation(scores, out)
+        _echo(f"wrote {out}")
     return EXIT_OK
 
 
@@ -472,7 +596,8 @@ def _common() -> _Parser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``xharmonise`` argument parser (subcommands fit, predict, report, info, demo)."""
+    """The ``xharmonise`` argument parser (subcommands fit, predict, evaluate, report, info,
+    demo)."""
     parser = _Parser(
         prog=PROG,
         description=xharmonise.__doc__,
@@ -569,6 +694,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
     p.add_argument("--offset", type=float, metavar="O", help="reflectance offset of an integer SRC")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[*common, chunks],
+        help="score a model on another pair, as fit scores it",
+        description="Score a fitted model on SRC and REF (another date, a neighbouring "
+        "scene) with the sampling and metrics of `fit`, and print the metrics table and the "
+        "coverage of σ²; --out also writes them as JSON or CSV.",
+    )
+    p.add_argument("src", help="high-resolution source raster")
+    p.add_argument("ref", help="reference raster")
+    p.add_argument("-m", "--model", required=True, help="model file written by `fit`")
+    p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
+    p.add_argument(
+        "--bands",
+        type=parse_bands,
+        metavar="PAIRS",
+        help="band pairing as for fit (default: the model's, when the files name its bands)",
+    )
+    p.add_argument(
+        "--scale",
+        type=parse_scale,
+        metavar="S",
+        help="DN scale as for fit (default for an integer SRC: the model's training scale)",
+    )
+    p.add_argument(
+        "--offset", type=parse_offset, metavar="O", help="reflectance offset, as for fit"
+    )
+    p.add_argument(
+        "--split",
+        choices=["all", "test"],
+        default="all",
+        help="all: every valid patch (default); test: fit's test split, which on the training "
+        "pair with fit's --patch-size, --max-patches and --seed gives back fit's table",
+    )
+    p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
+    p.add_argument("--max-patches", type=_positive, metavar="N", help="score at most N patches")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patch order and split")
+    shift = p.add_mutually_exclusive_group()
+    shift.add_argument(
+        "--coregister",
+        action="store_true",
+        default=None,
+        help="measure this pair's shift and correct it (default: the model's correction, if any)",
+    )
+    shift.add_argument(
+        "--no-coregister",
+        dest="coregister",
+        action="store_false",
+        default=None,
+        help="no correction of the source",
+    )
+    p.add_argument("-o", "--out", metavar="TABLE", help="also write the scores: .json or .csv")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "report",

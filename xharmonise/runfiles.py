@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InputError",
     "format_metrics",
+    "format_table",
     "one_line",
     "open_mask",
     "open_raster",
@@ -126,19 +127,36 @@ def format_metrics(model: Harmoniser) -> str:
     >>> print(format_metrics(model).splitlines()[1])
     band  metric                initial    linear     model
     """
-    table = model.metrics
-    stages = [str(s) for s in table["stage"].values]
-    head = f"{'band':<5} {'metric':<18} " + " ".join(f"{s:>9}" for s in stages)
     title = (
         f"test-split metrics, reflectance units ({model.patches.get('train', 0)} train / "
         f"{model.patches.get('test', 0)} test patches)"
     )
+    return format_table(model.metrics, title)
+
+
+def format_table(table: xr.DataArray, title: str) -> str:
+    """A (band, row, column) table as text under ``title``: one line per band and row
+    (a metric, a coverage), the columns (stages) side by side.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> t = xr.DataArray(np.ones((1, 1, 2)), dims=("band", "metric", "stage"),
+    ...                  coords={"band": ["B4"], "metric": ["rmse"], "stage": ["a", "b"]})
+    >>> print(format_table(t, "scores"))
+    scores
+    band  metric                     a         b
+    B4    rmse                  1.0000    1.0000
+    """
+    band, row, column = (str(d) for d in table.dims)
+    columns = [str(s) for s in table[column].values]
+    head = f"{'band':<5} {row:<18} " + " ".join(f"{s:>9}" for s in columns)
     lines = [title, head]
-    for band in table["band"].values:
-        for metric in table["metric"].values:
-            values = table.sel(band=band, metric=metric).values
+    for b in table[band].values:
+        for r in table[row].values:
+            values = table.sel({band: b, row: r}).values
             cells = " ".join(f"{v:>9.4f}" for v in values)
-            lines.append(f"{band!s:<5} {metric!s:<18} {cells}")
+            lines.append(f"{b!s:<5} {r!s:<18} {cells}")
     return "\n".join(lines)
 
 

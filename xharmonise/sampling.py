@@ -35,6 +35,7 @@ __all__ = [
     "gather",
     "patch_validity",
     "reduce_to_reference",
+    "shuffled_patches",
     "split_patches",
     "windows",
 ]
@@ -351,6 +352,26 @@ def patch_validity(
     return index
 
 
+def shuffled_patches(
+    index: PatchIndex, *, seed: int = 0, max_patches: int | None = None
+) -> np.ndarray:
+    """The valid patches in the order ``seed`` shuffles them, at most ``max_patches``:
+    the patches :func:`split_patches` splits, and those an evaluation of every valid
+    patch scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> idx = PatchIndex(np.ones((4, 5), bool), np.zeros((4, 5), bool),
+    ...                  np.zeros((4, 5), bool), 32, 0)
+    >>> shuffled_patches(idx, seed=1, max_patches=3).shape
+    (3, 2)
+    """
+    cells = np.argwhere(index.valid)
+    cells = cells[np.random.default_rng(seed).permutation(len(cells))]
+    return cells if max_patches is None else cells[:max_patches]
+
+
 def split_patches(
     index: PatchIndex, *, test_fraction: float = 0.1, seed: int = 0, max_patches: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -371,11 +392,7 @@ def split_patches(
     >>> len(train), len(test)
     (18, 2)
     """
-    cells = np.argwhere(index.valid)
-    order = np.random.default_rng(seed).permutation(len(cells))
-    cells = cells[order]
-    if max_patches is not None:
-        cells = cells[:max_patches]
+    cells = shuffled_patches(index, seed=seed, max_patches=max_patches)
     n_test = round(len(cells) * test_fraction)
     if len(cells) >= 2:
         n_test = min(max(n_test, 1), len(cells) - 1)

@@ -61,15 +61,20 @@ __all__ = [
     "assemble",
     "build_training_data",
     "calibrate",
+    "calibrated_variance",
     "date_index",
     "date_record",
     "evaluate",
     "fit_baseline",
+    "gather_patches",
+    "index_patches",
     "leave_out_changes",
     "measure_shift",
+    "network_prediction",
     "prepare_pair",
     "reflectance_pair",
     "run",
+    "score",
     "single_reference",
     "train_network",
     "variance_before_after",
@@ -442,22 +447,8 @@ def build_training_data(
 ) -> TrainingData:
     """Reduce the pair to the reference resolution, index and split its patches, and
     gather them: the stage that reads the pixels the fit learns from."""
-    g, sigmas = pair.grid, list(pair.sigmas)
     n_bands = len(pair.paired.ref_bands)
-    margin = spec.filter_margin(sigmas, g.factor)
-    # The validated ring is the widest any method needs, so every method trains and is
-    # scored on the same patches of a pair.
-    ring = math.ceil(psf.kernel_margin(max(sigmas), g.factor, extra=RING_EXTRA) / g.factor)
-    coarse = sampling.reduce_to_reference(
-        pair.aligned, pair.ref, pair.mask, factor=g.factor, sigmas=sigmas
-    )
-    _check_reflectance_range(coarse)
-    # The reference's blur spreads a cloud's brightness about 3 sigma around it, beyond
-    # what the mask flags.
-    cloud_margin = math.ceil(3.0 * max(sigmas) / g.factor)
-    index = sampling.patch_validity(
-        coarse, patch_size=patch_size, ring=ring, cloud_margin=cloud_margin
-    )
+    coarse, index = index_patches(pair, patch_size=patch_size)
     train_cells, test_cells = sampling.split_patches(
         index, test_fraction=test_fraction, seed=seed, max_patches=max_patches
     )
@@ -472,13 +463,7 @@ def build_training_data(
     n_val = max(1, round(0.1 * len(train_cells))) if len(train_cells) > 1 else 0
     # Metrics use the held-out patches; a single valid patch can only be scored on itself.
     eval_cells = test_cells if len(test_cells) else train_cells
-    full = pair.aligned if spec.trains_on == "full_patches" else None
-
-    def gather(cells: np.ndarray) -> sampling.Patches:
-        return sampling.gather(
-            index, cells, coarse=coarse, src=full, factor=g.factor, margin=margin
-        )
-
+    margin = spec.filter_margin(list(pair.sigmas), pair.grid.factor)
     return TrainingData(
         coarse=coarse,
         index=index,
@@ -486,9 +471,46 @@ def build_training_data(
         test_cells=test_cells,
         n_val=n_val,
         margin=margin,
-        train=gather(train_cells),
-        held_out=gather(eval_cells),
+        train=gather_patches(pair, spec, coarse, index, train_cells),
+        held_out=gather_patches(pair, spec, coarse, index, eval_cells),
     )
+
+
+def index_patches(
+    pair: PreparedPair, *, patch_size: int
+) -> tuple[sampling.Coarse, sampling.PatchIndex]:
+    """The pair's reference-resolution reductions (in memory) and its patch index: which
+    patches are valid, as every fit and evaluation of the pair sees them."""
+    g, sigmas = pair.grid, list(pair.sigmas)
+    # The validated ring is the widest any method needs, so every method trains and is
+    # scored on the same patches of a pair.
+    ring = math.ceil(psf.kernel_margin(max(sigmas), g.factor, extra=RING_EXTRA) / g.factor)
+    coarse = sampling.reduce_to_reference(
+        pair.aligned, pair.ref, pair.mask, factor=g.factor, sigmas=sigmas
+    )
+    _check_reflectance_range(coarse)
+    # The reference's blur spreads a cloud's brightness about 3 sigma around it, beyond
+    # what the mask flags.
+    cloud_margin = math.ceil(3.0 * max(sigmas) / g.factor)
+    index = sampling.patch_validity(
+        coarse, patch_size=patch_size, ring=ring, cloud_margin=cloud_margin
+    )
+    return coarse, index
+
+
+def gather_patches(
+    pair: PreparedPair,
+    spec: Method,
+    coarse: sampling.Coarse,
+    index: sampling.PatchIndex,
+    cells: np.ndarray,
+) -> sampling.Patches:
+    """The patches ``cells``, with the full-resolution source patches (and the margin)
+    the method's network takes when it trains on them."""
+    g = pair.grid
+    full = pair.aligned if spec.trains_on == "full_patches" else None
+    margin = spec.filter_margin(list(pair.sigmas), g.factor)
+    return sampling.gather(index, cells, coarse=coarse, src=full, factor=g.factor, margin=margin)
 
 
 def _clear_pixels(index: sampling.PatchIndex, cells: np.ndarray) -> int:
@@ -535,6 +557,31 @@ def _model_input(patches: sampling.Patches, spec: Method) -> np.ndarray:
         assert patches.src_full is not None, "build_training_data gathers them for this method"
         return patches.src_full
     return patches.src
+
+
+# Output pixels per forward pass of network_prediction: bounds the memory of CalibNet's
+# two 320-wide hidden activations (about 340 MB each) on a large evaluation.
+_FORWARD_PIXELS = 2**18
+
+
+def network_prediction(
+    net: Any, patches: sampling.Patches, spec: Method
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A trained network's prediction (and its head's σ², if any) on gathered patches,
+    in batches of patches, on the CPU in inference mode; the network is not changed."""
+    import torch
+
+    inputs = _model_input(patches, spec)
+    step = max(1, _FORWARD_PIXELS // max(1, patches.ref[0, 0].size))
+    preds: list[np.ndarray] = []
+    variances: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), step):
+            pred, var = net(torch.from_numpy(inputs[start : start + step]))
+            preds.append(pred.numpy())
+            if var is not None:
+                variances.append(var.numpy())
+    return np.concatenate(preds), np.concatenate(variances) if variances else None
 
 
 def train_network(
@@ -609,9 +656,9 @@ def train_network(
         budget=budget,
     )
     net = net.cpu().eval()
+    pred, var = network_prediction(net, data.held_out, spec)
+    # σ² is calibrated on the validation patches: the test patches only score it.
     with torch.inference_mode():
-        pred, var = net(torch.from_numpy(_model_input(data.held_out, spec)))
-        # σ² is calibrated on the validation patches: the test patches only score it.
         val_pred, val_var = net(torch.from_numpy(val_set.src))
     history = dict(result.history)
     history.update(
@@ -624,8 +671,8 @@ def train_network(
     return Trained(
         net=net,
         history=history,
-        prediction=pred.numpy(),
-        variance=None if var is None else var.numpy(),
+        prediction=pred,
+        variance=var,
         validation_prediction=val_pred.numpy(),
         validation_variance=None if val_var is None else val_var.numpy(),
     )
@@ -659,15 +706,29 @@ def variance_before_after(
     Before: the head's own σ², or without a head one σ² per band, the mean square of the
     validation residuals. After: the calibrated σ², as ``predict`` gives it.
     """
-    held = data.held_out
+    raw = None if trained is None else trained.variance
+    after = calibrated_variance(calibration, data.held_out, prediction, raw)
     if calibration.kind == "head":
-        assert trained is not None and trained.variance is not None, "a head's calibration"
-        return trained.variance, calibration.variance(trained.variance, axis=1)
+        assert raw is not None, "a head's calibration"
+        return raw, after
     residual = data.train.ref[_validation(data)] - _validation_prediction(data, linear, trained)
     mean_square = np.nanmean(residual**2, axis=(0, 2, 3))
     before = np.broadcast_to(mean_square[None, :, None, None], prediction.shape)
-    after = calibration.variance(prediction, source_brightness(held.src, axis=1), axis=1)
     return before, after
+
+
+def calibrated_variance(
+    calibration: Calibration,
+    patches: sampling.Patches,
+    prediction: np.ndarray,
+    raw: np.ndarray | None,
+) -> np.ndarray:
+    """The σ² ``predict`` gives on ``patches`` (patch, band, y, x): the head's σ²
+    ``raw`` mapped, or the empirical σ² of the source brightness."""
+    if calibration.kind == "head":
+        assert raw is not None, "a head's calibration maps the head's σ²"
+        return calibration.variance(raw, axis=1)
+    return calibration.variance(prediction, source_brightness(patches.src, axis=1), axis=1)
 
 
 def calibrate(data: TrainingData, linear: np.ndarray, trained: Trained | None) -> Calibration:
@@ -746,10 +807,7 @@ def evaluate(
         "linear": apply_linear(linear, held.src, axis=1),
     }
     predictions["model"] = predictions["linear"] if trained is None else trained.prediction
-    target = np.moveaxis(held.ref, 1, 0)
-    table = metric_table(
-        target, {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}, list(ref_bands)
-    )
+    table, by_date = score(held.ref, predictions, ref_bands, which=which, date_labels=date_labels)
     stages = dict(predictions, target=held.ref)
     scores = None
     if calibration is not None:
@@ -760,26 +818,35 @@ def evaluate(
         scores = calibration_table(held.ref, model, before, after, list(ref_bands))
     elif trained is not None and trained.variance is not None:
         stages["variance"] = trained.variance
-    by_date = None
-    if which is not None:
-        tables = []
-        for k in range(len(date_labels)):
-            on_date = np.where((which == k)[:, None], held.ref, np.float32(np.nan))
-            tables.append(
-                metric_table(
-                    np.moveaxis(on_date, 1, 0),
-                    {name: np.moveaxis(v, 1, 0) for name, v in predictions.items()},
-                    list(ref_bands),
-                )
-            )
-        by_date = xr.concat(tables, dim="date").assign_coords(date=list(date_labels))
-        by_date = by_date.transpose("band", "metric", "stage", "date")
     return Evaluation(
         metrics=table,
         samples=_sample_pixels(stages, seed=seed),
         date_metrics=by_date,
         calibration_scores=scores,
     )
+
+
+def score(
+    target: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    ref_bands: Sequence[str],
+    *,
+    which: np.ndarray | None = None,
+    date_labels: Sequence[str] = (),
+) -> tuple[xr.DataArray, xr.DataArray | None]:
+    """The metric table (band, metric, stage) of ``predictions`` (patch, band, y, x, one
+    per stage) against ``target``, and with ``which`` (each target pixel's date index)
+    the same per date (band, metric, stage, date)."""
+    moved = {k: np.moveaxis(v, 1, 0) for k, v in predictions.items()}
+    table = metric_table(np.moveaxis(target, 1, 0), moved, list(ref_bands))
+    if which is None:
+        return table, None
+    tables = []
+    for k in range(len(date_labels)):
+        on_date = np.where((which == k)[:, None], target, np.float32(np.nan))
+        tables.append(metric_table(np.moveaxis(on_date, 1, 0), moved, list(ref_bands)))
+    by_date = xr.concat(tables, dim="date").assign_coords(date=list(date_labels))
+    return table, by_date.transpose("band", "metric", "stage", "date")
 
 
 #: A training pixel from a date other than the nearest is left out when its residual to a
