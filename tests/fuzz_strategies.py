@@ -476,6 +476,25 @@ def _predict_cases(entry: str):
     return _pair_cases(entry, _options(_PREDICT_OPTIONS, most=2), ref=False, **model)
 
 
+_EVALUATE_OPTIONS = {
+    "bands": _BANDS,
+    "scale": _SCALES,
+    "offset": _OFFSETS,
+    "split": _valid_or(["all", "test"], ["train", "", None, 3, "TEST"]),
+    "patch_size": _FIT_OPTIONS["patch_size"],
+    "test_fraction": _FIT_OPTIONS["test_fraction"],
+    "max_patches": _FIT_OPTIONS["max_patches"],
+    "seed": _SEEDS,
+    "coregister": _valid_or([None, False, True], ["yes", 1.5]),
+}
+
+
+def _evaluate_cases(entry: str):
+    # A fitted model (or what users pass instead) scored on a mutated pair.
+    kwargs = _options(_EVALUATE_OPTIONS, most=3, base={"patch_size": 2})
+    return _pair_cases(entry, kwargs, model=_MODELS)
+
+
 _ZARR_OPTIONS = {
     "mode": _valid_or(["w-", "w"], ["a", "r", "x", None, 3, "W"]),
     "resume": _valid_or([False, True], ["yes", None, 2]),
@@ -679,6 +698,7 @@ def _accessor_cases():
         _pair_cases("accessor.fit", _fit_kwargs()),
         _pair_cases("accessor.estimate_shift", _shift_kwargs()),
         _predict_cases("accessor.predict"),
+        _evaluate_cases("accessor.evaluate"),
     ).map(_xarray_source)
 
 
@@ -1019,7 +1039,7 @@ def _tags(case: Case) -> tuple[str, ...]:
             tags += [word, "overlap", "patch", "window", "input", "reflectance", "like"]
     if case.mask:
         tags += ["mask", "patch", "window"]
-    if case.entry in ("predict", "accessor.predict"):
+    if case.entry in ("predict", "accessor.predict", "evaluate", "accessor.evaluate"):
         tags += ["model", "image", "source", "scale"]
     if case.entry == "to_zarr":
         tags += ["store", "dataset", "ds", "variable", "exists", "mode", "resume"]
@@ -1053,6 +1073,17 @@ def _build(case: Case) -> tuple[Callable[[], Any], list[tuple[Any, Any, str]]]:
             return lambda: method(ref, **kwargs), watched
         func = xharmonise.fit if entry == "fit" else xharmonise.estimate_shift
         return lambda: func(src, ref, **kwargs), watched
+    if entry in ("evaluate", "accessor.evaluate"):
+        pair = _pair(case.size, case.seed)
+        src = watch(mutate(pair.src, case.src), "the source")
+        ref = watch(mutate(pair.ref, case.ref), "the reference")
+        model = _source_model(case.extra["model"])
+        kwargs = dict(case.kwargs)
+        if case.mask is not None:
+            kwargs["mask"] = watch(_mask(case.mask, pair), "the mask")
+        if entry == "evaluate":
+            return lambda: xharmonise.evaluate(src, ref, model, **kwargs), watched
+        return lambda: src.harmonise.evaluate(ref, model, **kwargs), watched
     if entry in ("predict", "accessor.predict"):
         pair = _pair(case.size, case.seed, case.extra["src_dtype"])
         src = watch(mutate(pair.src, case.src), "the source")
@@ -1212,6 +1243,7 @@ def strategies() -> dict[str, st.SearchStrategy[Case]]:
     return {
         "fit": _pair_cases("fit", _fit_kwargs()),
         "predict": _predict_cases("predict"),
+        "evaluate": _evaluate_cases("evaluate"),
         "estimate_shift": _pair_cases("estimate_shift", _shift_kwargs()).map(_bigger),
         "to_zarr": _zarr_cases(),
         "load": _load_cases(),
