@@ -774,6 +774,21 @@ _CLI_FLAGS = {
         "--offset": _valid_or(["0", "-0.01"], ["x", "inf"]),
         "--chunks": _valid_or(["16", "32"], ["0", "x"]),
     },
+    "evaluate": {
+        "--model": _valid_or(["model.safetensors"], list(_CLI_FILES)),
+        "--mask": _valid_or(["mask.tif"], list(_CLI_FILES)),
+        "--split": _valid_or(["all", "test"], ["train", "", "TEST"]),
+        "--patch-size": _valid_or(["2", "1", "3"], ["0", "-1", "x", "2.5", "1000"]),
+        "--max-patches": _COUNTS,
+        "--seed": _valid_or(["0", "1"], ["-1", "x", "2.5"]),
+        "--scale": _valid_or(["1", ",1", "1,"], ["x", "1,2,3", "", ",", "nan", "0", "-1"]),
+        "--offset": _valid_or(["0", ",0"], ["x", "inf", ","]),
+        "--bands": _valid_or(["B0=B2", "B2,B3,B4,B8"], ["=", ",", "a=b,c", "B0=B9"]),
+        "--coregister": st.none(),
+        "--no-coregister": st.none(),
+        "--out": _valid_or(["scores.json", "scores.csv"], ["scores.txt", "missing/s.json", ""]),
+        "--chunks": _valid_or(["16", "64"], ["0", "x"]),
+    },
     "info": {},
     "report": {"--src": _FILES, "--scale": st.sampled_from(["x", "1e-4"])},
     "demo": {
@@ -786,6 +801,7 @@ _CLI_FLAGS = {
 _POSITIONAL = {
     "fit": 2,
     "predict": 1,
+    "evaluate": 2,
     "info": 1,
     # report: a model file that is refused, so that no report is drawn (slow, not argument
     # handling); demo: a flag that is refused before anything is simulated.
@@ -797,14 +813,21 @@ _POSITIONAL = {
 @st.composite
 def _cli_cases(draw: st.DrawFn) -> Case:
     command = draw(
-        st.sampled_from(["fit", "fit", "fit", "predict", "predict", "info", "report", "demo"])
+        st.sampled_from(
+            ["fit", "fit", "fit", "predict", "predict", "evaluate", "info", "report", "demo"]
+        )
     )
     args: list[str] = [command]
     n = _POSITIONAL[command]
     pool = _CLI_FILES
     if command == "report":
         pool = tuple(f for f in _CLI_FILES if f != "model.safetensors")
-    usual = {"fit": ["src.tif", "ref.tif"], "predict": ["src.tif"], "info": ["store.zarr"]}
+    usual = {
+        "fit": ["src.tif", "ref.tif"],
+        "predict": ["src.tif"],
+        "evaluate": ["src.tif", "ref.tif"],
+        "info": ["store.zarr"],
+    }
     if command in usual and draw(st.integers(0, 3)):
         args += usual[command]
     else:
@@ -822,6 +845,10 @@ def _cli_cases(draw: st.DrawFn) -> Case:
     for flag, value in (("--model", "model.safetensors"), ("--out", "mem")):
         if command == "predict" and flag not in chosen and draw(st.integers(0, 5)):
             args.append(f"{flag}={value}")
+    if command == "evaluate" and "--model" not in chosen and draw(st.integers(0, 5)):
+        args.append("--model=model.safetensors")
+    if command == "evaluate" and "--patch-size" not in chosen:
+        args.append("--patch-size=2")
     if command == "fit" and "--iterations" not in chosen:
         args.append("--iterations=1")
     if command == "fit" and "--patch-size" not in chosen:
@@ -1141,7 +1168,7 @@ def _cli_arg(arg: str, root: Path) -> str:
         return f"memory://fuzz/{uuid.uuid4().hex}.zarr"
     if arg.startswith("-") or "://" in arg or not arg:
         return arg
-    if arg in ("out.safetensors", "out.zarr"):
+    if arg in ("out.safetensors", "out.zarr", "scores.json", "scores.csv"):
         return str(root / "out" / f"{uuid.uuid4().hex}-{arg}")
     if "." in arg or arg in ("folder",) or "/" in arg:
         return str(root / arg)
