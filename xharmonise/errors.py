@@ -359,6 +359,6 @@ class OutOfDomainWarning(UserWarning):
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always", xharmonise.OutOfDomainWarning)
     ...     out = xharmonise.predict(scene.src, model, with_applicability=True)
-    >>> print(caught[0].message)  # doctest: +ELLIPSIS
-    ...% of the source pixels (90000 valid pixels) lie outside the domain the model was...
+    >>> print("warned:", caught[0].message)  # doctest: +ELLIPSIS
+    warned: ...% of the source pixels (90000 valid pixels) lie outside the domain the model...
     """
