@@ -210,6 +210,15 @@ def test_predict_equals_library_and_info_describes_it(files, linear_fit, tmp_pat
     assert back_var["variance"].attrs["variance_kind"] == "empirical"
     expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model), with_variance=True)
     np.testing.assert_array_equal(back_var["variance"].values, expected["variance"].values)
+    # --applicability adds the (y, x) applicability, as the library computes it.
+    with_app = tmp_path / "app.zarr"
+    _ok(xh("predict", files["src"], "-m", model, "-o", with_app, "--applicability", "-q"))
+    back_app = xr.open_zarr(with_app)
+    assert back_app["applicability"].dims == ("y", "x")
+    lazy = xharmonise.predict(
+        _open(files["src"]), xharmonise.load(model), with_applicability=True
+    )  # the model's own scene: no OutOfDomainWarning (filterwarnings = error)
+    np.testing.assert_array_equal(back_app["applicability"].values, lazy["applicability"].values)
     src = _open(files["src"])
     assert back.rio.crs == src.rio.crs
     assert back["prediction"].rio.transform() == src.rio.transform()
@@ -541,6 +550,9 @@ def test_report_with_source(files, linear_fit, tmp_path):
     # Every image the page shows exists (inline data or a file next to it).
     for ref in re.findall(r'<img[^>]+src="([^"]+)"', html):
         assert ref.startswith("data:image/") or (out.parent / ref).is_file(), ref
+    # The report maps the applicability of the model's domain and shows its calibration.
+    figures = {p.stem for p in (tmp_path / "report_files").glob("*.png")}
+    assert {"applicability_map", "reliability"} <= figures
 
 
 @pytest.mark.slow

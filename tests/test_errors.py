@@ -162,3 +162,16 @@ def test_model_applied_with_other_scaling(pair, model):
     out = xharmonise.predict(dn.assign_attrs(scale_factor=1e-4, _FillValue=0), model)
     ref = xharmonise.predict(pair.src, model)
     np.testing.assert_allclose(out["prediction"].values, ref["prediction"].values, atol=1e-3)
+
+
+def test_warnings_are_user_warnings_exported_at_the_top():
+    for name in ("DetailLossWarning", "UnknownBandWarning", "CalibrationWarning"):
+        assert issubclass(getattr(xharmonise, name), UserWarning)
+    assert issubclass(xharmonise.OutOfDomainWarning, UserWarning)
+    assert xharmonise.OutOfDomainWarning.__module__ == "xharmonise.errors"
+    assert "OutOfDomainWarning" in xharmonise.__all__
+
+
+def test_applicability_asked_as_something_else_than_a_bool(pair, model):
+    with pytest.raises(InputTypeError, match="with_applicability=1 is a int: give True or False"):
+        xharmonise.predict(pair.src, model, with_applicability=1)

@@ -362,3 +362,30 @@ def test_loading_stays_torch_free_for_linear_models():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "name", ["model-v1-linear", "model-v2-bcnet", "model-v2-linear-coregistered"]
+)
+def test_files_saved_before_applicability_load_without_a_domain_and_say_so(name, window):
+    model = xharmonise.load(DATA / f"{name}.safetensors")
+    assert model.domain is None
+    assert "applicability" not in _predict(window, model)
+    with pytest.raises(InputValueError, match="saved before xharmonise measured applicability"):
+        xharmonise.predict(window, model, with_applicability=True)
+
+
+def test_a_fitted_domain_round_trips_and_a_damaged_one_is_refused(tmp_path):
+    pair = simulate_pair((200, 200), seed=0)
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8)
+    back = xharmonise.load(model.save(tmp_path / "m.safetensors"))
+    assert_same_model(model, back)
+    assert back.domain == model.domain and back.domain is not None
+
+    def negative_weights(meta: dict) -> None:
+        domain = meta["mapping"]["domain"]
+        domain["weights"] = [-w for w in domain["weights"]]
+
+    path = _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", negative_weights)
+    with pytest.raises(ModelFileError, match=r"damaged.*weights must be positive"):
+        xharmonise.load(path)

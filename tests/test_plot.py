@@ -107,7 +107,8 @@ def test_bcnet_report_is_self_contained(tmp_path, pair, bcnet, bcnet_prediction)
     html = out.read_text(encoding="utf-8")
     _assert_self_contained(html)
     files = _pngs(tmp_path / "bcnet_files")
-    expected = {"metrics", "loss_curves", "filters", "rgb_crop", "variance_map"} | ALL_SCATTERS
+    expected = {"metrics", "loss_curves", "filters", "rgb_crop", "variance_map", "reliability"}
+    expected |= ALL_SCATTERS
     assert set(files) == expected
     embedded = _images(html)
     # Every figure is both embedded and on disk, byte for byte.
@@ -134,9 +135,12 @@ def test_linear_report_says_there_is_no_history(tmp_path, pair, linear):
     _assert_self_contained(html)
     assert "No training history" in html and "closed form" in html
     assert "<title>Linear &lt;test&gt;</title>" in html  # escaped, not injected
-    # No loss curves, no filters (bcnet only), no variance map (no variance head).
-    assert set(_pngs(tmp_path / "linear_files")) == {"metrics", "rgb_crop"} | ALL_SCATTERS
-    assert len(_images(html)) == 6
+    # No loss curves, no filters (bcnet only), no variance map (no variance head); the
+    # reliability of its empirical σ².
+    expected = {"metrics", "rgb_crop", "reliability"} | ALL_SCATTERS
+    assert set(_pngs(tmp_path / "linear_files")) == expected
+    assert len(_images(html)) == 7
+    assert "predict with with_applicability=True" in html
 
 
 def test_report_without_image(tmp_path, calibnet):
@@ -145,7 +149,71 @@ def test_report_without_image(tmp_path, calibnet):
     html = out.read_text(encoding="utf-8")
     _assert_self_contained(html)
     assert "No image was given" in html
-    assert set(_pngs(tmp_path / "r_files")) == {"metrics", "loss_curves"} | ALL_SCATTERS
+    expected = {"metrics", "loss_curves", "reliability"} | ALL_SCATTERS
+    assert set(_pngs(tmp_path / "r_files")) == expected
+
+
+def test_report_shows_the_calibration_and_the_applicability_map(tmp_path, pair, bcnet):
+    window = pair.src.isel(y=slice(0, 200), x=slice(0, 200))
+    prediction = xharmonise.predict(window, bcnet, with_applicability=True)
+    out = plot.report(bcnet, tmp_path / "u.html", src=window, prediction=prediction)
+
+    html = out.read_text(encoding="utf-8")
+    _assert_self_contained(html)
+    files = _pngs(tmp_path / "u_files")
+    assert {"reliability", "variance_map", "applicability_map"} <= set(files)
+    assert sorted(_images(html)) == sorted(files.values())
+    # The calibration table holds the model's coverage, before and after, per band.
+    scores = bcnet.calibration_scores
+    assert "Calibration of σ²" in html and "±1.96σ (expect 0.950)" in html
+    for stage in ("before", "after"):
+        value = float(scores.sel(band="B8", measure="coverage_1.96", stage=stage))
+        assert f"<td>{value:.3f}</td>" in html
+    assert f"Gaussian mixture of {bcnet.domain.pixels} source pixels" in html
+
+
+def test_reliability_diagram_plots_the_stored_coverage(bcnet, linear):
+    for model in (bcnet, linear):
+        fig = plot.reliability(model)
+        scores = model.calibration_scores
+        assert [ax.get_title() for ax in fig.axes if ax.get_title()] == list(model.ref_bands)
+        for ax, band in zip(fig.axes, model.ref_bands, strict=False):
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            np.testing.assert_allclose(
+                lines["calibrated"].get_xdata(), lines["calibrated"].get_ydata()
+            )
+            for stage in ("before", "after"):
+                expected = scores.sel(band=band, stage=stage).values[:3]
+                np.testing.assert_array_equal(lines[stage].get_ydata(), expected)
+                np.testing.assert_allclose(lines[stage].get_xdata(), [0.6827, 0.95, 0.9901])
+
+
+def test_applicability_map_outlines_the_pixels_outside_the_domain(pair, linear):
+    out = xharmonise.predict(pair.src, linear, with_applicability=True)
+    values = out["applicability"].values.copy()
+    values[:50, :50] = 1e-6  # a block outside the domain
+    crop = plot.crops.compute_crop(
+        None, out.assign(applicability=(("y", "x"), values)), need_src=False,
+        need_applicability=True,
+    )  # fmt: skip
+    fig = plot.crops.draw_applicability(crop)
+    ax = fig.axes[0]
+    assert ax.get_images()[0].norm.__class__.__name__ == "LogNorm"
+    share = float((values < 1e-3).mean())
+    assert f"{share:.1%} of the window" in ax.get_title()
+    assert ax.collections  # the red outline
+    with pytest.raises(InputValueError, match="with_applicability=True"):
+        plot.crops.compute_crop(None, out.drop_vars("applicability"), need_src=False,
+                                need_applicability=True)  # fmt: skip
+
+
+def test_a_model_saved_before_calibration_and_applicability_says_so(tmp_path):
+    old = xharmonise.load(Path(__file__).parent / "data" / "model-v2-bcnet.safetensors")
+    html = plot.report(old, tmp_path / "old.html").read_text(encoding="utf-8")
+    assert "no calibration diagnostics" in html and "saved before applicability existed" in html
+    assert "reliability" not in _pngs(tmp_path / "old_files")
+    with pytest.raises(InputValueError, match="fit it again"):
+        plot.reliability(old)
 
 
 def test_saved_model_and_rerun_replacing_stale_figures(tmp_path, bcnet, linear):

@@ -158,3 +158,45 @@ def test_hashing_a_few_distinct_keys_by_lattice_gives_the_direct_hash():
     # Keys as many as pixels, or too few pixels: hashed directly.
     assert _lattice([y.astype(np.int64), x.astype(np.int64)]) is None
     assert _lattice([rng.integers(0, 4, (10, 10))]) is None
+
+
+def test_covers_left_out_change_exactly_their_pixels():
+    # Water is the only cover with NIR below 0.03; bright membrane roofs the only one with
+    # blue above 0.33 (their constant 0.35; bright soil tops out near 0.30).
+    full = simulate_pair((250, 250), seed=0)
+    truth = full.truth.reflectance
+    water = (truth.sel(band="B8") < 0.03).values
+    bright_roof = (truth.sel(band="B2") > 0.33).values
+    assert water.any() and bright_roof.any()
+    for without, where in (
+        (("water",), water),
+        (("bright_roof",), bright_roof),
+        (("water", "bright_roof"), water | bright_roof),
+    ):
+        part = simulate_pair((250, 250), seed=0, without=without)
+        changed = (part.truth.reflectance != truth).any("band").values
+        np.testing.assert_array_equal(changed, where, err_msg=str(without))
+        new = part.truth.reflectance
+        assert not (new.sel(band="B8") < 0.03).any() or "water" not in without
+        assert not (new.sel(band="B2") > 0.33).any() or "bright_roof" not in without
+    # Every roof, and roads, go too; the default leaves the scene as it is.
+    bare = simulate_pair((250, 250), seed=0, without=("roof", "road")).truth.reflectance
+    assert not ((bare.sel(band="B2") > 0.19) & (bare.sel(band="B8") < 0.25)).any()  # grey
+    untouched = simulate_pair((250, 250), seed=0, without=())
+    np.testing.assert_array_equal(untouched.src.values, full.src.values)
+
+
+def test_covers_left_out_stay_lazy_and_chunk_independent():
+    kw = dict(seed=2, without=("water", "roof"), toa=True)
+    eager = simulate_pair((200, 200), **kw)
+    lazy = simulate_pair((200, 200), chunks=64, **kw)
+    for name in ("src", "ref"):
+        np.testing.assert_array_equal(getattr(lazy, name).values, getattr(eager, name).values)
+
+
+def test_unknown_or_all_covers_are_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown land cover.*'lava'.*'bright_roof'"):
+        simulate_pair((50, 50), without=("lava",))
+    classes = ("water", "crop", "forest", "soil", "grass", "urban", "bright_soil")
+    with pytest.raises(ValueError, match="every parcel class"):
+        simulate_pair((50, 50), without=classes)

@@ -129,6 +129,7 @@ class _HarmoniseAccessor:
         model: Harmoniser,
         *,
         with_variance: bool | None = None,
+        with_applicability: bool = False,
         scale: float | None = None,
         offset: float | None = None,
     ) -> xr.Dataset:
@@ -146,7 +147,12 @@ class _HarmoniseAccessor:
         (4, 200, 200)
         """
         return api.predict(
-            self._obj, model, with_variance=with_variance, scale=scale, offset=offset
+            self._obj,
+            model,
+            with_variance=with_variance,
+            with_applicability=with_applicability,
+            scale=scale,
+            offset=offset,
         )
 
     def evaluate(

@@ -22,9 +22,10 @@ import xarray as xr
 
 from xharmonise import arguments, evaluation, stages
 from xharmonise import grid as _grid
+from xharmonise.applicability import OUT_OF_DOMAIN, WARN_SHARE, Domain, out_of_domain_share
 from xharmonise.calibration import Calibration, source_brightness
 from xharmonise.dates import DEFAULT_MAX_DAYS
-from xharmonise.errors import BandMismatchError, DetailLossWarning
+from xharmonise.errors import BandMismatchError, DetailLossWarning, OutOfDomainWarning
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.inference import map_pixels
 from xharmonise.models.registry import MethodName
@@ -315,11 +316,57 @@ def _calibrated(
     )
 
 
+#: A lazy source's out-of-domain share is estimated at predict time on at most this many
+#: of its chunks (spread over the image), and on no more than one chunk in eight.
+SAMPLE_CHUNKS = 4
+_SAMPLE_PIXELS = 1 << 16  # per sampled chunk, strided
+
+
+def _applicability(domain: Domain, src: np.ndarray | da.Array) -> np.ndarray | da.Array:
+    """The applicability (y, x) of (band, y, x) reflectance, lazy for a lazy one."""
+    if not isinstance(src, da.Array):
+        return domain.applicability(np.asarray(src))
+    lazy = src.rechunk({0: -1})
+    return da.map_blocks(
+        domain.applicability,
+        lazy,
+        drop_axis=0,
+        chunks=lazy.chunks[1:],
+        dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
+    )
+
+
+def _sampled_share(
+    domain: Domain, src: np.ndarray | da.Array, applicability: np.ndarray | da.Array
+) -> tuple[float, int, str]:
+    """The out-of-domain share: of every pixel for a NumPy source; for a lazy one, of a
+    strided sample of a few chunks spread over the image (read now, nothing else is)."""
+    if not isinstance(applicability, da.Array):
+        share, n = out_of_domain_share(applicability)
+        return share, n, f"{n} valid pixels"
+    lazy = src.rechunk({0: -1}) if isinstance(src, da.Array) else da.asarray(src)
+    rows, cols = len(lazy.chunks[1]), len(lazy.chunks[2])
+    total = rows * cols
+    k = min(SAMPLE_CHUNKS, max(1, total // 8))
+    picks = (
+        np.linspace(0, total - 1, k + 2)[1:-1].round().astype(int) if k < total else range(total)
+    )
+    values = []
+    for i in sorted(set(int(v) for v in picks)):
+        block = lazy.blocks[0, i // cols, i % cols]
+        step = max(1, int(np.sqrt(block.shape[1] * block.shape[2] / _SAMPLE_PIXELS)))
+        values.append(domain.applicability(np.asarray(block[:, ::step, ::step].compute())))
+    share, n = out_of_domain_share(np.concatenate([v.ravel() for v in values]))
+    return share, n, f"a sample of {n} valid pixels from {len(values)} of {total} chunks"
+
+
 def predict(
     src: xr.DataArray | xr.Dataset,
     model: Harmoniser,
     *,
     with_variance: bool | None = None,
+    with_applicability: bool = False,
     scale: float | None = None,
     offset: float | None = None,
 ) -> xr.Dataset:
@@ -339,6 +386,18 @@ def predict(
         By default (None) only a model with a head gives it, as its output; True asks any
         model for it; False leaves it out. A model saved before calibration existed gives
         its head's σ² as it is, and has none without a head.
+    with_applicability : bool
+        Include the ``applicability`` variable (y, x): how typical each source pixel is of
+        the pixels the model was trained on (:mod:`xharmonise.applicability`), the share
+        of the training pixels lying at least as far from the training domain, in [0, 1];
+        below ``xharmonise.applicability.OUT_OF_DOMAIN`` (0.001) a pixel is outside the
+        domain, where the mapping is an extrapolation. When more than ``WARN_SHARE``
+        (1 %) of the valid pixels are, an
+        :class:`~xharmonise.errors.OutOfDomainWarning` names their share, at predict
+        time: measured on every pixel of a NumPy-backed ``src``, and on a strided sample
+        of at most ``SAMPLE_CHUNKS`` (4) of its chunks for a Dask-backed one (those chunks
+        are read; the output stays lazy). Refused for a model saved before applicability
+        existed.
     scale, offset : float, optional
         Reflectance = DN x scale + offset for an integer ``src`` without
         ``scale_factor``/``add_offset`` attributes; by default those the model was trained
@@ -352,7 +411,9 @@ def predict(
         calibration is measured at the reference resolution, the only one a pair can
         score), float32 (band, y, x) on ``src``'s grid and
         chunks, NaN at no-data, CRS and coordinates kept; band labels are the reference
-        bands. Dask-backed (lazy) when ``src`` is. When the model was fitted with
+        bands. ``applicability``, when asked for, is float32 (y, x) on the same grid and
+        chunks, NaN where any source band is no-data. Dask-backed (lazy) when ``src`` is.
+        When the model was fitted with
         ``coregister=True``, the coordinates and the ``spatial_ref`` transform are moved
         by minus the measured shift, so the content lands where the reference sees it:
         a georeferencing change only, values untouched (apply such a model to the source
@@ -374,7 +435,13 @@ def predict(
     >>> round(float(shifted.src.x[0] - out.x[0]))
     4
     """
-    arguments.predict_options(model, with_variance=with_variance, scale=scale, offset=offset)
+    arguments.predict_options(
+        model,
+        with_variance=with_variance,
+        with_applicability=with_applicability,
+        scale=scale,
+        offset=offset,
+    )
     src_da = as_band_array(src, "the source")
     names = band_names(src_da)
     trained = list(model.src_bands)
@@ -410,6 +477,28 @@ def predict(
     if wanted and kind is not None:
         variance = out[n:] if calibration is None else _calibrated(calibration, out, src_r.data, n)
         ds["variance"] = (("band", "y", "x"), variance)
+    if with_applicability:
+        domain = model.domain
+        assert domain is not None, "predict_options refuses a model without one"
+        applicability = _applicability(domain, src_r.data)
+        ds["applicability"] = (("y", "x"), applicability)
+        ds["applicability"].attrs.update(
+            long_name="applicability: share of training pixels at least as far out",
+            units="1",
+            out_of_domain_below=OUT_OF_DOMAIN,
+        )
+        share, n, where = _sampled_share(domain, src_r.data, applicability)
+        if share > WARN_SHARE:
+            warnings.warn(
+                OutOfDomainWarning(
+                    f"{share:.1%} of the source pixels ({where}) lie outside the domain the "
+                    f"model was trained on (applicability below {OUT_OF_DOMAIN:g}; more than "
+                    f"{WARN_SHARE:.0%} warns): there its output extrapolates. Mask them with "
+                    f"ds['applicability'] >= {OUT_OF_DOMAIN:g}, or fit on a pair that shows "
+                    "these land covers"
+                ),
+                stacklevel=2,
+            )
     ds["prediction"].attrs.update(long_name="harmonised reflectance", units="1")
     if "variance" in ds:
         applied = calibration is not None and calibration.applied

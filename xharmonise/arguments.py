@@ -81,7 +81,9 @@ def fit_options(
         checks.flag(coregister, "coregister")
 
 
-def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) -> None:
+def predict_options(
+    model: Any, *, with_variance: Any, scale: Any, offset: Any, with_applicability: Any = False
+) -> None:
     """Refuse a ``model`` that is no :class:`~xharmonise.Harmoniser`, or a bad option of
     ``predict``."""
     harmoniser(model)
@@ -92,6 +94,13 @@ def predict_options(model: Any, *, with_variance: Any, scale: Any, offset: Any) 
             "with_variance=True, but this model has no σ²: it has no variance head and was "
             "saved before xharmonise calibrated σ² for every model; fit it again for an "
             "empirical σ², or leave with_variance at its default"
+        )
+    checks.flag(with_applicability, "with_applicability")
+    if with_applicability and model.domain is None:
+        raise InputValueError(
+            "with_applicability=True, but this model has no training domain: it was saved "
+            "before xharmonise measured applicability; fit it again to get one, or leave "
+            "with_applicability=False"
         )
     checks.real(scale, "scale", minimum=0, above_minimum=True, optional=True)
     checks.real(offset, "offset", optional=True)

@@ -444,7 +444,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with _scheduler(args.scheduler):
         out = xharmonise.predict(
-            src, model, with_variance=args.variance, scale=args.scale, offset=args.offset
+            src,
+            model,
+            with_variance=args.variance,
+            with_applicability=args.applicability,
+            scale=args.scale,
+            offset=args.offset,
         )
         try:
             xharmonise.to_zarr(
@@ -501,7 +506,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     src = prediction = None
     if args.src:
         src = open_raster(args.src, what="the source", chunks=args.chunks)
-        prediction = xharmonise.predict(src, model, scale=args.scale, offset=args.offset)
+        # The report maps the applicability beside σ² when the model can measure it.
+        prediction = xharmonise.predict(
+            src,
+            model,
+            with_applicability=model.domain is not None,
+            scale=args.scale,
+            offset=args.offset,
+        )
     with _scheduler(None):
         path = report(
             model,
@@ -690,6 +702,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     variance.add_argument(
         "--no-variance", dest="variance", action="store_false", default=None, help="leave σ² out"
+    )
+    p.add_argument(
+        "--applicability",
+        action="store_true",
+        help="write the applicability (y, x): the share of training pixels at least as far "
+        "from the training domain, below 0.001 outside it; warns when over 1%% of pixels are",
     )
     p.add_argument("--scale", type=float, metavar="S", help="DN scale of an integer SRC")
     p.add_argument("--offset", type=float, metavar="O", help="reflectance offset of an integer SRC")

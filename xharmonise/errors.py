@@ -21,6 +21,7 @@ __all__ = [
     "ModelFileError",
     "NoOverlapError",
     "NoValidPatchesError",
+    "OutOfDomainWarning",
     "StoreExistsError",
     "UnknownBandWarning",
     "UnknownMethodError",
@@ -334,4 +335,30 @@ class CalibrationWarning(UserWarning):
     ...                            iterations=2, progress=False)
     >>> print(caught[0].message)  # doctest: +ELLIPSIS
     the variance head is left uncalibrated: 1 validation patch(es), fewer than 3...
+    """
+
+
+class OutOfDomainWarning(UserWarning):
+    """Many source pixels lie outside the domain the model was trained on.
+
+    :func:`xharmonise.predict` with ``with_applicability=True`` warns when more than
+    :data:`xharmonise.applicability.WARN_SHARE` (1 %) of the valid source pixels have an
+    applicability below :data:`xharmonise.applicability.OUT_OF_DOMAIN` (0.001): land
+    covers or conditions the training pair did not show (water, bright roofs, snow, a
+    haze), where the mapping extrapolates. The message names their share. Mask them
+    with ``ds["applicability"] >= 0.001``, or fit on a pair that shows them.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> dry = simulate_pair((300, 300), seed=0, without=("water", "roof"))
+    >>> model = xharmonise.fit(dry.src, dry.ref, method="linear", patch_size=8)
+    >>> scene = simulate_pair((300, 300), seed=1)  # with water and roofs
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", xharmonise.OutOfDomainWarning)
+    ...     out = xharmonise.predict(scene.src, model, with_applicability=True)
+    >>> print("warned:", caught[0].message)  # doctest: +ELLIPSIS
+    warned: ...% of the source pixels (90000 valid pixels) lie outside the domain the model...
     """

@@ -14,6 +14,10 @@ File formats
     fields (``metrics`` as :meth:`xarray.DataArray.to_dict`, ``shift_estimate`` as
     :meth:`~xharmonise.records.ShiftEstimate.to_dict` or null, ``versions``) and the
     package versions that saved it.
+    Fields added since, optional on reading (a file written before them loads without
+    them): the mapping's ``calibration`` (:meth:`~xharmonise.Calibration.to_dict`) and
+    ``domain`` (:meth:`~xharmonise.applicability.Domain.to_dict`: no applicability when
+    absent), the report's ``calibration_scores``, ``dates`` and ``date_metrics``.
 ``xharmonise-model/1`` (release 0.1.0)
     One flat JSON object: the mapping's and the report's fields side by side, the grid
     without its place in the reference array, and ``coregistration``: the shift estimate
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from xharmonise.applicability import Domain
 from xharmonise.calibration import Calibration
 from xharmonise.checks import type_name
 from xharmonise.errors import HarmoniseError, InputTypeError, InputValueError, ModelFileError
@@ -104,6 +109,10 @@ class Mapping:
         empirical σ² for a model without a head (``kind="empirical"``). None for a model
         saved before calibration existed: a head's σ² is then returned as the head gives
         it, and a model without a head returns none.
+    domain : Domain or None
+        The training domain ``predict(..., with_applicability=True)`` measures source
+        pixels against (:mod:`xharmonise.applicability`). None for a model saved before
+        applicability existed: it has no applicability.
 
     Raises
     ------
@@ -141,6 +150,7 @@ class Mapping:
     grid: PairGrid
     applied_shift: tuple[float, float] | None
     calibration: Calibration | None = None
+    domain: Domain | None = None
 
     def __post_init__(self) -> None:
         spec = method(self.method)
@@ -222,6 +232,15 @@ class Mapping:
                     f"bands {'with' if self.variance else 'without'} a variance head",
                     "give one fitted for this mapping: kind 'head' with a variance head, "
                     "'empirical' without (or None)",
+                )
+        dom = self.domain
+        if dom is not None:
+            if not isinstance(dom, Domain):
+                raise _invalid(f"domain is a {type_name(dom)}", "give a Domain or None")
+            if dom.n_bands != n:
+                raise _invalid(
+                    f"a domain of {dom.n_bands} bands for a mapping of {n} bands",
+                    "give the domain measured on this mapping's source bands (or None)",
                 )
         # Frozen: normalise the sequences through object.__setattr__, once, here.
         object.__setattr__(self, "src_bands", src)
@@ -435,6 +454,12 @@ class Harmoniser:
     def calibration(self) -> Calibration | None:
         """The σ map ``predict`` applies; None for a model saved before calibration."""
         return self.mapping.calibration
+
+    @property
+    def domain(self) -> Domain | None:
+        """The training domain of the applicability measure; None for a model saved
+        before applicability existed (it has none)."""
+        return self.mapping.domain
 
     @property
     def calibration_scores(self) -> xr.DataArray | None:
@@ -763,6 +788,7 @@ def _encode(model: Harmoniser) -> bytes:
             "applied_shift": None if m.applied_shift is None else list(m.applied_shift),
             "net_config": _jsonable(net_config),
             "calibration": None if m.calibration is None else m.calibration.to_dict(),
+            "domain": None if m.domain is None else m.domain.to_dict(),
         },
         "fit_report": {
             "metrics": r.metrics.to_dict(),
@@ -1021,6 +1047,7 @@ def _model(
     shift_estimate: ShiftEstimate | None,
     calibration: Calibration | None = None,
     calibration_scores: xr.DataArray | None = None,
+    domain: Domain | None = None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
     method(m["method"])  # an unknown method is named as such, before its network is built
@@ -1045,6 +1072,7 @@ def _model(
         grid=grid,
         applied_shift=applied_shift,
         calibration=calibration,
+        domain=domain,
     )
     report = FitReport(
         metrics=metrics,
@@ -1108,14 +1136,18 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
     # Optional: files written before calibration existed have neither (no calibration).
     _require(m, {"calibration": ((dict, type(None)), "a dict or null")}, "mapping ", True)
     _require(r, {"calibration_scores": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
-    calibration, scores = None, None
+    # Optional too: files written before applicability existed have no domain.
+    _require(m, {"domain": ((dict, type(None)), "a dict or null")}, "mapping ", True)
+    calibration, scores, domain = None, None, None
     try:
+        if m.get("domain") is not None:
+            domain = Domain.from_dict(m["domain"])
         if m.get("calibration") is not None:
             calibration = Calibration.from_dict(m["calibration"])
         if r.get("calibration_scores") is not None:
             scores = xr.DataArray.from_dict(r["calibration_scores"])
     except (KeyError, TypeError, ValueError) as err:
-        raise _Damaged(f"unreadable calibration: {err}") from None
+        raise _Damaged(f"unreadable calibration or domain: {err}") from None
     return _model(
         m,
         r,
@@ -1125,6 +1157,7 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         shift_estimate=None if est is None else ShiftEstimate.from_dict(est),
         calibration=calibration,
         calibration_scores=scores,
+        domain=domain,
     )
 
 

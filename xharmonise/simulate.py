@@ -40,6 +40,7 @@ from pyproj import CRS, Transformer
 from xharmonise import psf
 
 __all__ = [
+    "COVERS",
     "S2_BANDS",
     "SRC_BANDS",
     "SimulatedPair",
@@ -78,6 +79,24 @@ _ROOFS = np.array(
     ]
 )
 _CLOUD = np.array([0.70, 0.72, 0.73, 0.75])
+
+#: Land covers a scene can be simulated without (``without=``): the parcel classes (in
+#: ``_CLASSES`` order), roads, and the roof kinds (in ``_ROOFS`` order); ``"roof"`` names
+#: the three roof kinds at once.
+COVERS = (
+    "water",
+    "crop",
+    "forest",
+    "soil",
+    "grass",
+    "urban",
+    "bright_soil",
+    "road",
+    "red_roof",
+    "grey_roof",
+    "bright_roof",
+)
+_ROOF_KINDS = ("red_roof", "grey_roof", "bright_roof")
 
 # Pleiades bands are wider than S2's: each sees some of its neighbours.
 _MIXING = np.array(
@@ -453,21 +472,69 @@ class _Season:
 
 
 # --------------------------------------------------------------------------- surface
+@dataclass(frozen=True)
+class _Without:
+    """Land covers left out of a scene (``without=``): parcel classes (indices into
+    ``_CLASSES``), roof kinds (indices into ``_ROOFS``), roads."""
+
+    classes: frozenset[int] = frozenset()
+    roofs: frozenset[int] = frozenset()
+    road: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.classes or self.roofs or self.road)
+
+
+def _without(names: Sequence[str]) -> _Without:
+    """The covers ``names`` as a :class:`_Without`, or ValueError naming the known ones."""
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    unknown = [n for n in names if n not in COVERS and n != "roof"]
+    if unknown:
+        raise ValueError(
+            f"without={names!r}: unknown land cover(s) {unknown}; give some of {COVERS} or "
+            "'roof' (every roof kind)"
+        )
+    classes = frozenset(i for i, c in enumerate(COVERS[: len(_CLASSES)]) if c in names)
+    if len(classes) == len(_CLASSES):
+        raise ValueError(f"without={names!r} leaves out every parcel class: keep one at least")
+    roofs = {_ROOF_KINDS.index(n) for n in names if n in _ROOF_KINDS}
+    if "roof" in names:
+        roofs = set(range(len(_ROOFS)))
+    return _Without(classes, frozenset(roofs), "road" in names)
+
+
 def _surface(
-    seed: int, x: np.ndarray, y: np.ndarray, season: _Season | None = None, day: float = 0.0
+    seed: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    season: _Season | None = None,
+    day: float = 0.0,
+    without: _Without | None = None,
 ) -> np.ndarray:
     """S2-band surface reflectance (4, *x.shape) at world coordinates x, y (metres).
 
     Without ``season`` it is the static surface of :func:`simulate_pair`; with one, the
-    surface ``day`` days after the source date.
+    surface ``day`` days after the source date. ``without`` leaves land covers out.
     """
-    return _surface_layers(seed, x, y, season, day)[0]
+    return _surface_layers(seed, x, y, season, day, without)[0]
 
 
 def _surface_layers(
-    seed: int, x: np.ndarray, y: np.ndarray, season: _Season | None, day: float
+    seed: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    season: _Season | None,
+    day: float,
+    without: _Without | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The surface and, with a ``season``, where harvested crop is visible (else None)."""
+    """The surface and, with a ``season``, where harvested crop is visible (else None).
+
+    With ``without``, a parcel of a class left out takes another class, drawn from a hash
+    stream of its own among the classes kept (with their weights); a building whose roof
+    kind is left out is not built; roads left out are not drawn. Everything else is the
+    full scene's, value for value, and without ``without`` nothing extra is computed."""
     parcel = 120.0
     cx, cy = np.floor(x / parcel).astype(np.int64), np.floor(y / parcel).astype(np.int64)
     best = np.full(x.shape, np.inf)
@@ -486,6 +553,13 @@ def _surface_layers(
     u = _uniform(seed, _S_PARCEL, owner_x, owner_y, 2)
     cls = np.searchsorted(np.cumsum(_CLASS_WEIGHTS), u * _CLASS_WEIGHTS.sum())
     cls = np.minimum(cls, len(_CLASSES) - 1)
+    if without and without.classes:
+        kept = np.array([c for c in range(len(_CLASSES)) if c not in without.classes])
+        cumulative = np.cumsum(_CLASS_WEIGHTS[kept])
+        redraw = _uniform(seed, _S_PARCEL, owner_x, owner_y, 4) * cumulative[-1]
+        other = kept[np.minimum(np.searchsorted(cumulative, redraw), len(kept) - 1)]
+        left_out = np.isin(cls, list(without.classes))
+        cls = np.where(left_out, other, cls)
     brightness = 0.85 + 0.3 * _uniform(seed, _S_PARCEL, owner_x, owner_y, 3)
     refl = _CLASSES[cls].transpose(np.roll(np.arange(cls.ndim + 1), 1)) * brightness
     harvested = None
@@ -498,9 +572,8 @@ def _surface_layers(
 
     # Roads: one per 250 m band in each direction of a rotated frame, 6-10 m wide.
     theta = 0.35
-    for stream_key, (c, s) in enumerate(
-        ((math.cos(theta), math.sin(theta)), (-math.sin(theta), math.cos(theta)))
-    ):
+    directions = ((math.cos(theta), math.sin(theta)), (-math.sin(theta), math.cos(theta)))
+    for stream_key, (c, s) in enumerate(() if without and without.road else directions):
         u_ = x * c + y * s
         cell = np.floor(u_ / 250.0).astype(np.int64)
         centre = (cell + 0.2 + 0.6 * _uniform(seed, _S_ROAD, cell, stream_key)) * 250.0
@@ -522,6 +595,8 @@ def _surface_layers(
     lx, ly = x - bx * bcell, y - by * bcell
     inside = has & (lx >= ox) & (lx < ox + w) & (ly >= oy) & (ly < oy + h)
     roof = np.minimum((_uniform(seed, _S_BUILD, bx, by, 5) * 3).astype(np.int64), 2)
+    if without and without.roofs:
+        inside = inside & ~np.isin(roof, list(without.roofs))
     roofs = _ROOFS[roof].transpose(np.roll(np.arange(roof.ndim + 1), 1))
     if harvested is not None:
         harvested = harvested & ~inside
@@ -889,6 +964,7 @@ def simulate_pair(
     chunks: int | None = None,
     ref_crs: str | int = "EPSG:32631",
     origin: tuple[float, float] = (500000.0, 4800000.0),
+    without: Sequence[str] = (),
 ) -> SimulatedPair:
     """Simulate a Pleiades-like source and a Sentinel-2-like reference of the same place.
 
@@ -928,6 +1004,14 @@ def simulate_pair(
         CRS of the reference.
     origin : (float, float)
         Upper-left corner of the reference grid in ``ref_crs``.
+    without : sequence of str
+        Land covers to leave out of the scene, among :data:`COVERS` (``"water"``,
+        ``"bright_roof"``..., ``"roof"`` for every roof kind): a parcel of a class left out
+        takes another class (drawn among those kept), a building with a roof left out is
+        not built (its ground shows), roads left out are not drawn. Everything else is the
+        same scene, value for value: where ``truth.reflectance`` of a pair with and without
+        them differ is exactly where the covers left out lie (the known truth for
+        applicability tests). The default leaves the scene untouched.
 
     Returns
     -------
@@ -940,10 +1024,19 @@ def simulate_pair(
     >>> pair = simulate_pair((200, 200), seed=1)
     >>> pair.src.shape, pair.ref.shape
     ((4, 200, 200), (4, 56, 56))
+
+    The same scene without water: only the water parcels change.
+
+    >>> dry = simulate_pair((200, 200), seed=1, without=("water",))
+    >>> changed = (dry.truth.reflectance != pair.truth.reflectance).any("band")
+    >>> water = (pair.truth.reflectance.sel(band="B8") < 0.03)  # water's NIR is 0.02
+    >>> bool((changed == water).all()), float(changed.mean()) > 0
+    (True, True)
     """
     _check_dtype(dtype)
+    left_out = _without(without)
     scene = _scene(shape, bands, src_crs, src_offset, src_resolution, ref_crs, origin)
-    surface = functools.partial(_surface, seed)
+    surface = functools.partial(_surface, seed, without=left_out or None)
     src_data, src_cloud_data = _source(
         scene,
         surface,
@@ -996,6 +1089,7 @@ def simulate_series(
     chunks: int | None = None,
     ref_crs: str | int = "EPSG:32631",
     origin: tuple[float, float] = (500000.0, 4800000.0),
+    without: Sequence[str] = (),
 ) -> SimulatedSeries:
     """Simulate a Pleiades-like source and Sentinel-2-like references at several dates.
 
@@ -1030,7 +1124,7 @@ def simulate_series(
     harvest_fraction : float
         Fraction of the crop parcels harvested, in [0, 1].
     bands, toa, shift, src_clouds, nodata_border, src_crs, src_offset, src_resolution, \
-dtype, chunks, ref_crs, origin
+dtype, chunks, ref_crs, origin, without
         As for :func:`simulate_pair`. With ``chunks``, every array is Dask-backed and lazy
         (one date per chunk along ``time``), and equal to the unchunked one.
 
@@ -1077,11 +1171,12 @@ dtype, chunks, ref_crs, origin
         raise ValueError(f"src_date {src_date!r} is not a date; give e.g. '2024-06-15'") from err
     dates = t0 + np.array(order, dtype=np.int64) * np.timedelta64(1, "D")
 
+    left_out = _without(without)
     scene = _scene(shape, bands, src_crs, src_offset, src_resolution, ref_crs, origin)
     season = _Season(harvest_day, harvest_fraction)
 
     def surface_on(day: int) -> _Surface:
-        return functools.partial(_surface, seed, season=season, day=day)
+        return functools.partial(_surface, seed, season=season, day=day, without=left_out or None)
 
     src_data, src_cloud_data = _source(
         scene,
@@ -1116,7 +1211,7 @@ dtype, chunks, ref_crs, origin
     # A date shows the harvest's change iff it lies on the other side of it from the source.
     across = [season.bare(day) != season.bare(0) for day in order]
     changed_src, changed_fine = _harvest_fields(
-        scene, seed, season, shift, nodata_border, chunks, any(across)
+        scene, seed, season, shift, nodata_border, chunks, any(across), left_out or None
     )
 
     src = _product(_dataarray(src_data, scene.src_grid, scene.src_bands, "src"), 0.0, dtype)
@@ -1184,6 +1279,7 @@ def _harvest_fields(
     nodata_border: int,
     chunks: int | None,
     visible: bool,
+    without: _Without | None = None,
 ) -> tuple[np.ndarray | da.Array, np.ndarray | da.Array]:
     """Harvested parcels (y, x) on the source grid and, by any overlap, the reference grid.
 
@@ -1194,7 +1290,7 @@ def _harvest_fields(
 
     def on_src(rows_: slice, cols_: slice) -> np.ndarray:
         x, y = scene.src_world(rows_, cols_)
-        harvested = _surface_layers(seed, x - shift[0], y - shift[1], season, 0.0)[1]
+        harvested = _surface_layers(seed, x - shift[0], y - shift[1], season, 0.0, without)[1]
         assert harvested is not None, "a season always reports its harvest"
         valid = _src_valid(scene.src_grid.shape, nodata_border, rows_, cols_)
         return (harvested & valid & visible)[None]
@@ -1209,7 +1305,7 @@ def _harvest_fields(
 
     def on_sub(rows_: slice, cols_: slice) -> np.ndarray:
         x, y = sub.centres(rows_, cols_)
-        harvested = _surface_layers(seed, x, y, season, 0.0)[1]
+        harvested = _surface_layers(seed, x, y, season, 0.0, without)[1]
         assert harvested is not None, "a season always reports its harvest"
         return (harvested & visible)[None]
 

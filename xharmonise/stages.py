@@ -3,7 +3,8 @@
 ``prepare_pair`` (reflectance, paired bands, phase-aligned grid, optional co-registration)
 -> ``build_training_data`` (reference-resolution reductions, patch index, split, the
 patches gathered once) -> ``fit_baseline`` (the linear baseline every fit reports) ->
-``train_network`` (neural methods) -> ``evaluate`` (metrics and scatter samples on the
+``train_network`` (neural methods) -> ``calibrate`` (σ²) -> ``training_domain`` (the
+applicability's domain) -> ``evaluate`` (metrics and scatter samples on the
 held-out patches) -> ``assemble`` (the :class:`~xharmonise.Harmoniser`).
 
 ``run`` chains them as :func:`xharmonise.fit` does. Before ``build_training_data``
@@ -22,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
 from xharmonise import checks, dates, psf, sampling
 from xharmonise import grid as _grid
+from xharmonise.applicability import Domain, fit_domain
 from xharmonise.calibration import (
     Calibration,
     calibration_table,
@@ -77,6 +80,7 @@ __all__ = [
     "score",
     "single_reference",
     "train_network",
+    "training_domain",
     "variance_before_after",
     "warn_unknown_bands",
 ]
@@ -756,6 +760,84 @@ def calibrate(data: TrainingData, linear: np.ndarray, trained: Trained | None) -
     return calibration
 
 
+#: Source pixels (at the source resolution) the training domain is measured on, about:
+#: whole training patches are read until this many (all of them on a smaller pair).
+DOMAIN_PIXELS = 1 << 19
+
+
+def training_domain(pair: PreparedPair, data: TrainingData, *, seed: int) -> Domain:
+    """The training domain of the applicability measure
+    (:func:`xharmonise.applicability.fit_domain`), from the source pixels of training
+    patches at the source resolution, the pixels ``predict`` sees, under clear reference
+    pixels.
+
+    Whole patches, about ``DOMAIN_PIXELS`` pixels of them chosen at random among the
+    training ones (seeded), are read from the aligned source (already in memory for the
+    methods that train on full-resolution patches): a scene's covers come in parcels,
+    and many patches sample them better than many pixels of a few. A source out of phase
+    with the training grid is read on its own grid (the resampling onto the grid would
+    smooth its noise and texture, and narrow the domain below what ``predict`` sees).
+    """
+    f = pair.grid.factor
+    p = data.index.patch_size
+    per_patch = (p * f) ** 2
+    n_cells = len(data.train_cells)
+    take = min(n_cells, max(1, -(-DOMAIN_PIXELS // per_patch)))
+    chosen = np.sort(np.random.default_rng(seed).permutation(n_cells)[:take])
+    full: np.ndarray | None
+    cells = data.train_cells[chosen]
+    own = _own_pixels(pair, data.index, cells)
+    if own is not None:
+        full, chosen = own[0], chosen[own[1]]
+    elif data.train.src_full is not None:
+        m = data.margin
+        full = data.train.src_full[chosen, :, m : m + p * f, m : m + p * f]
+    else:
+        full = sampling.gather(
+            data.index,
+            data.train_cells[chosen],
+            coarse=data.coarse,
+            src=pair.aligned,
+            factor=f,
+        ).src_full
+    assert full is not None, "gather reads the source when given one"
+    clear = ~np.isnan(data.train.ref[chosen]).any(axis=1)
+    clear = np.repeat(np.repeat(clear, f, axis=1), f, axis=2)
+    pixels = np.moveaxis(full, 1, -1)[clear]
+    return fit_domain(pixels, seed=seed, patches=take)
+
+
+def _own_pixels(
+    pair: PreparedPair, index: sampling.PatchIndex, cells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The source's own pixels under the patches ``cells`` (the nearest window of its grid)
+    and which cells they are (windows past its edge are left out), for a source of the
+    training grid's CRS and pixel size but another phase; None for any other source (on
+    the grid's phase, the aligned source is the source itself)."""
+    src = pair.paired.src
+    src_gb, target = _grid.geobox_of(src, "the source"), pair.grid.src
+    a, b = src_gb.affine, target.affine
+    if src_gb.crs != target.crs or not np.allclose(
+        (a.a, a.b, a.d, a.e), (b.a, b.b, b.d, b.e), rtol=1e-9, atol=0
+    ):
+        return None
+    col0, row0 = ~a @ (b.c, b.f)
+    if abs(col0 - round(col0)) < 1e-6 and abs(row0 - round(row0)) < 1e-6:
+        return None
+    f = pair.grid.factor
+    size = index.patch_size * f
+    r0, c0 = index.origin(cells[:, 0], cells[:, 1])
+    rows = np.rint(row0 + r0 * f).astype(int)
+    cols = np.rint(col0 + c0 * f).astype(int)
+    h, w = src.sizes["y"], src.sizes["x"]
+    inside = np.flatnonzero((rows >= 0) & (cols >= 0) & (rows + size <= h) & (cols + size <= w))
+    if inside.size == 0:
+        return None
+    reads = [src.data[:, rows[i] : rows[i] + size, cols[i] : cols[i] + size] for i in inside]
+    windows = dask.compute(*reads)
+    return np.stack([np.asarray(v, np.float32) for v in windows]), inside
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The fit's scores on the held-out patches.
@@ -933,9 +1015,11 @@ def assemble(
     variance: bool,
     dates_record: dict[str, Any] | None = None,
     calibration: Calibration | None = None,
+    domain: Domain | None = None,
 ) -> Harmoniser:
     """The fitted model: the mapping ``predict`` applies (with ``calibration``, from
-    :func:`calibrate`) and the report of the fit."""
+    :func:`calibrate`, and ``domain``, from :func:`training_domain`) and the report of the
+    fit."""
     p = pair.paired
     mapping = ModelMapping(
         method=spec.name,
@@ -952,6 +1036,7 @@ def assemble(
         grid=pair.grid,
         applied_shift=pair.applied_shift,
         calibration=calibration,
+        domain=domain,
     )
     report = FitReport(
         metrics=evaluation.metrics,
@@ -1025,6 +1110,7 @@ def run(
             budget=budget,
         )
     calibration = calibrate(data, linear, trained)
+    domain = training_domain(pair, data, seed=seed)
     record: dict[str, Any] = {}
     which: np.ndarray | None = None
     labels: tuple[str, ...] = ()
@@ -1052,4 +1138,5 @@ def run(
         variance=variance,
         dates_record=record,
         calibration=calibration,
+        domain=domain,
     )

@@ -21,7 +21,15 @@ from xharmonise.grid import centred_window
 from xharmonise.plot.figures import DPI, new_figure
 from xharmonise.scaling import as_band_array, band_names, to_reflectance
 
-__all__ = ["Crop", "compute_crop", "draw_rgb", "draw_variance", "rgb_crop", "variance_map"]
+__all__ = [
+    "Crop",
+    "compute_crop",
+    "draw_applicability",
+    "draw_rgb",
+    "draw_variance",
+    "rgb_crop",
+    "variance_map",
+]
 
 # Default before/after window: large enough to judge texture, small enough to compute
 # quickly and to show at one screen pixel per image pixel.
@@ -173,6 +181,8 @@ class Crop:
         Rows and columns of the window in the image's pixels.
     pixel : float or None
         Pixel size in CRS units, when the image has coordinates.
+    applicability : numpy.ndarray or None
+        (y, x) applicability (:mod:`xharmonise.applicability`); None when not asked for.
     """
 
     before: np.ndarray | None
@@ -182,6 +192,7 @@ class Crop:
     ref_names: list[str]
     window: tuple[slice, slice]
     pixel: float | None
+    applicability: np.ndarray | None = None
 
     def describe(self) -> str:
         """Where the window lies, e.g. ``rows 0:512, cols 0:512 (512 x 512 px, 2 m pixels)``."""
@@ -200,6 +211,7 @@ def compute_crop(
     offset: float | None = None,
     need_src: bool = True,
     need_variance: bool = False,
+    need_applicability: bool = False,
 ) -> Crop:
     """Select a window of ``src`` and ``prediction`` lazily and compute only it.
 
@@ -217,8 +229,8 @@ def compute_crop(
         Window (y, x) in pixels; by default a centred window of at most 512 x 512.
     scale, offset : float, optional
         Reflectance = DN x scale + offset for an integer ``src``.
-    need_src, need_variance : bool
-        Compute the source window, the variance window.
+    need_src, need_variance, need_applicability : bool
+        Compute the source window, the variance window, the applicability window.
 
     Returns
     -------
@@ -227,7 +239,8 @@ def compute_crop(
     Raises
     ------
     InputValueError
-        ``crop`` outside the image, ``src`` missing, or no variance when one is needed.
+        ``crop`` outside the image, ``src`` missing, or no variance (applicability) when
+        one is needed.
     GridError
         ``prediction`` is not on ``src``'s grid.
     BandMismatchError
@@ -260,12 +273,18 @@ def compute_crop(
             "the prediction has no 'variance' variable: fit the model with variance=True "
             "and predict with with_variance=True"
         )
+    app = prediction.get("applicability") if isinstance(prediction, xr.Dataset) else None
+    if need_applicability and app is None:
+        raise InputValueError(
+            "the prediction has no 'applicability' variable: predict with with_applicability=True"
+        )
     lazy = [
         before,
         pred.isel(sel),
         var.isel(sel) if (need_variance and var is not None) else None,
+        app.isel(sel) if need_applicability and app is not None else None,
     ]
-    b, a, v = dask.compute(*lazy)
+    b, a, v, ap = dask.compute(*lazy)
     pixel = None
     if "x" in pred.coords and pred.sizes["x"] > 1:
         pixel = abs(float(pred["x"].values[1] - pred["x"].values[0]))
@@ -277,6 +296,7 @@ def compute_crop(
         ref_names=[str(n) for n in pred["band"].values] if "band" in pred.coords else [],
         window=window,
         pixel=pixel,
+        applicability=None if ap is None else np.asarray(ap.values, dtype=np.float32),
     )
 
 
@@ -424,6 +444,66 @@ def draw_variance(c: Crop, band: str | int | None = None) -> Figure:
     bar.formatter = FormatStrFormatter("%.2g")
     bar.update_ticks()
     ax.set_title(f"predictive variance σ², {what}, log scale\nhigh = low confidence", fontsize=10)
+    nodata = not np.isfinite(values).all()
+    fig.suptitle(c.describe() + ("; grey: no-data" if nodata else ""), fontsize=9)
+    return fig
+
+
+def draw_applicability(c: Crop) -> Figure:
+    """The applicability map of a computed crop, on a logarithmic scale, the pixels
+    outside the training domain (below ``OUT_OF_DOMAIN``) outlined in red.
+
+    Raises
+    ------
+    InputValueError
+        The crop was computed without it (``need_applicability=False``).
+
+    Examples
+    --------
+    >>> from xharmonise import fit, predict
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=1)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
+    >>> out = predict(pair.src, model, with_applicability=True)  # 0.4 % outside: no warning
+    >>> crop = compute_crop(None, out, need_src=False, need_applicability=True)
+    >>> draw_applicability(crop).axes[0].get_title().splitlines()[0]
+    'applicability (share of training pixels as far out), log scale'
+    """
+    from xharmonise.applicability import OUT_OF_DOMAIN
+
+    if c.applicability is None:
+        raise InputValueError(
+            "the crop holds no applicability: compute it with need_applicability=True from "
+            "a prediction with an 'applicability' variable"
+        )
+    values = c.applicability
+    floor = 1e-5
+    w, h = _panel_size(c)
+    wide = w > 1.6 * h
+    fig = new_figure(max(w + (0.3 if wide else 1.4), 5.0), h + (1.8 if wide else 0.9))
+    ax = fig.subplots()
+    cmap = colormaps["viridis"].with_extremes(bad=(_NODATA_GREY,) * 3)
+    shown = np.ma.masked_invalid(np.where(np.isfinite(values), np.maximum(values, floor), np.nan))
+    im = ax.imshow(
+        shown, norm=LogNorm(vmin=floor, vmax=1.0, clip=True), cmap=cmap, interpolation="nearest"
+    )
+    outside = np.isfinite(values) & (values < OUT_OF_DOMAIN)
+    if outside.any() and not outside.all():
+        ax.contour(outside.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+    ax.set_axis_off()
+    fig.colorbar(
+        im,
+        ax=ax,
+        label="applicability",
+        location="bottom" if wide else "right",
+        shrink=0.6 if wide else 0.9,
+    )
+    share = float(outside.sum()) / max(int(np.isfinite(values).sum()), 1)
+    ax.set_title(
+        "applicability (share of training pixels as far out), log scale\n"
+        f"red: outside the training domain (< {OUT_OF_DOMAIN:g}), {share:.1%} of the window",
+        fontsize=10,
+    )
     nodata = not np.isfinite(values).all()
     fig.suptitle(c.describe() + ("; grey: no-data" if nodata else ""), fontsize=9)
     return fig

@@ -27,6 +27,7 @@ __all__ = [
     "loss_curves",
     "metric_bars",
     "new_figure",
+    "reliability",
     "scatter_density",
     "shift_estimates",
     "shown_stages",
@@ -493,3 +494,67 @@ def shift_estimates(model: Harmoniser) -> dict[str, np.ndarray]:
         str(e): np.asarray(s.sel(estimate=e).transpose("band", "axis").values, dtype=float)
         for e in s["estimate"].values
     }
+
+
+def reliability(model: Harmoniser) -> Figure:
+    """The reliability diagram of σ²: observed against expected coverage, per band.
+
+    For each band, the share of the test-split pixels whose error lies within ±1σ,
+    ±1.96σ and ±2.58σ (expected 0.683, 0.950, 0.990 for a calibrated Gaussian), before
+    and after the calibration (``model.calibration_scores``): points on the diagonal are
+    calibrated, below it σ is too small, above it too large.
+
+    Parameters
+    ----------
+    model : Harmoniser
+        A model with calibration diagnostics.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    InputValueError
+        A model saved before calibration existed (no diagnostics).
+
+    Examples
+    --------
+    >>> from xharmonise import fit
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = fit(pair.src, pair.ref, method="linear", patch_size=8, progress=False)
+    >>> [ax.get_title() for ax in reliability(model).axes]
+    ['B2', 'B3', 'B4', 'B8']
+    """
+    from xharmonise.calibration import LEVELS
+
+    scores = model.calibration_scores
+    if scores is None:
+        raise InputValueError(
+            "this model holds no calibration diagnostics (saved before xharmonise "
+            "calibrated σ²): fit it again to get them"
+        )
+    bands = [str(b) for b in scores["band"].values]
+    expected = np.array(list(LEVELS.values()))
+    measures = [f"coverage_{k:g}" for k in LEVELS]
+    fig = new_figure(max(4.0, 2.6 * len(bands)), 3.0)
+    axes = fig.subplots(1, len(bands), squeeze=False, sharey=True).ravel()
+    lo = 0.5
+    for ax, band in zip(axes, bands, strict=True):
+        ax.plot([lo, 1], [lo, 1], color="0.6", ls="--", lw=1, label="calibrated")
+        for stage, colour, marker in (("before", "#d95f02", "o"), ("after", "#1b9e77", "s")):
+            observed = np.array(
+                [float(scores.sel(band=band, measure=m, stage=stage)) for m in measures]
+            )
+            ax.plot(expected, observed, marker=marker, color=colour, label=stage)
+            lo = min(lo, float(np.nanmin(observed, initial=lo)))
+        ax.set_title(band, fontsize=10)
+        ax.set_xlabel("expected coverage")
+        ax.set_aspect("equal", adjustable="box")
+    for ax in axes:
+        ax.set_xlim(lo - 0.02, 1.005)
+        ax.set_ylim(lo - 0.02, 1.005)
+    axes[0].set_ylabel("observed coverage (test split)")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    return fig

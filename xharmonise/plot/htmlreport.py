@@ -20,13 +20,14 @@ from matplotlib.figure import Figure
 from xharmonise.checks import type_name
 from xharmonise.errors import InputTypeError, InputValueError
 from xharmonise.models.registry import method
-from xharmonise.plot.crops import Crop, compute_crop, draw_rgb, draw_variance
+from xharmonise.plot.crops import Crop, compute_crop, draw_applicability, draw_rgb, draw_variance
 from xharmonise.plot.figures import (
     DPI,
     METRIC_LABELS,
     filters,
     loss_curves,
     metric_bars,
+    reliability,
     scatter_density,
     shift_estimates,
     shown_stages,
@@ -40,7 +41,16 @@ if TYPE_CHECKING:
 __all__ = ["report"]
 
 # Files report() writes into its folder; only these are replaced on a rerun.
-_FIGURE_PREFIXES = ("metrics", "scatter_", "loss_curves", "filters", "rgb_crop", "variance_map")
+_FIGURE_PREFIXES = (
+    "metrics",
+    "scatter_",
+    "loss_curves",
+    "filters",
+    "rgb_crop",
+    "variance_map",
+    "reliability",
+    "applicability_map",
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -112,6 +122,63 @@ def _metrics_table(model: Harmoniser) -> str:
     )
 
 
+def _calibration_table(scores: xr.DataArray) -> str:
+    """Coverage and NLL per band, before and after the calibration, with the expected
+    coverage in the header."""
+    from xharmonise.calibration import LEVELS
+
+    measures = [str(m) for m in scores["measure"].values]
+    stages = [str(s) for s in scores["stage"].values]
+
+    def label(m: str) -> str:
+        if m.startswith("coverage_"):
+            k = float(m.split("_", 1)[1])
+            return f"±{k:g}σ (expect {LEVELS.get(k, float('nan')):.3f})"
+        return "mean NLL" if m == "nll" else m
+
+    head1 = "<th class='k' rowspan='2'>band</th>" + "".join(
+        f"<th colspan='{len(stages)}'>{html.escape(label(m))}</th>" for m in measures
+    )
+    head2 = "".join(f"<th>{html.escape(s)}</th>" for _ in measures for s in stages)
+    rows = []
+    for band in scores["band"].values:
+        cells = [f"<td class='k'>{html.escape(str(band))}</td>"]
+        for m in measures:
+            for st in stages:
+                cells.append(f"<td>{float(scores.sel(band=band, measure=m, stage=st)):.3f}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f"<table><thead><tr>{head1}</tr><tr>{head2}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _uncertainty_rows(model: Harmoniser) -> list[tuple[str, str]]:
+    cal, dom = model.calibration, model.domain
+    kind = model.variance_kind
+    if cal is None:
+        sigma = (
+            "the variance head's own, uncalibrated (saved before calibration existed)"
+            if kind == "head"
+            else "none (saved before calibration existed): fit again for an empirical σ²"
+        )
+    elif cal.skipped:
+        sigma = f"the variance head's own, uncalibrated: {cal.skipped}"
+    else:
+        what = "the variance head's σ mapped" if cal.kind == "head" else "empirical, by brightness"
+        sigma = f"{what}, calibrated on {cal.patches} validation patches ({cal.pixels} pixels)"
+    if dom is None:
+        domain = (
+            "none: this model was saved before applicability existed; fit it again to measure it"
+        )
+    else:
+        domain = (
+            f"a {dom.components}-component Gaussian mixture of {dom.pixels} source pixels "
+            f"from {dom.patches} training patches"
+        )
+    return [("σ²", sigma), ("applicability domain", domain)]
+
+
 def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
     p, h = model.patches, model.history or {}
     pairs = ", ".join(f"{s} → {r}" for s, r in zip(model.src_bands, model.ref_bands, strict=True))
@@ -176,7 +243,7 @@ def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
         )
     if model.samples and "target" in model.samples:
         rows.append(("scatter-plot samples", f"{len(model.samples['target'])} test-split pixels"))
-    return rows
+    return rows + _uncertainty_rows(model)
 
 
 def _provenance_rows(model: Harmoniser, src: Any, c: Crop | None) -> list[tuple[str, str]]:
@@ -269,9 +336,11 @@ def report(
     the dates it chose and used (with their training pixels) and the held-out RMSE per
     date, the test metrics (table and bars), density scatter plots per band, the
     training curves (or a note that a linear model has none), the learned filters
-    (BCNet), and, given ``src`` and its ``prediction``, a before/after colour crop at
-    full resolution and the predictive variance map (a prediction with a variance),
-    then the provenance. The report never predicts: it
+    (BCNet), the calibration of σ² (coverage and NLL before and after, and a reliability
+    diagram: observed against expected coverage per band), and, given ``src`` and its
+    ``prediction``, a before/after colour crop at full resolution, the predictive
+    variance map (a prediction with a variance) and the applicability map (a prediction
+    with ``with_applicability=True``), then the provenance. The report never predicts: it
     draws the ``prediction`` it is given, and computes only the window it shows. Images
     are embedded as ``data:`` URIs and the CSS is inline: the file opens offline and can
     be mailed as is. The same figures are written as ``<stem>_files/*.png`` next to it.
@@ -324,7 +393,7 @@ def report(
     >>> out = report(model, Path(tempfile.mkdtemp()) / "report.html", src=pair.src,
     ...              prediction=predict(pair.src, model))
     >>> sorted(p.stem for p in out.with_name("report_files").iterdir())
-    ['metrics', 'rgb_crop', 'scatter_B2', 'scatter_B3', 'scatter_B4', 'scatter_B8']
+    ['metrics', 'reliability', 'rgb_crop', 'scatter_B2', 'scatter_B3', 'scatter_B4', 'scatter_B8']
     """
     path = report_destination(path)
     if prediction is not None and src is None:
@@ -357,6 +426,9 @@ def report(
             # without a head) is a function of brightness alone, which the crop shows.
             need_variance=(
                 model.variance and isinstance(prediction, xr.Dataset) and "variance" in prediction
+            ),
+            need_applicability=(
+                isinstance(prediction, xr.Dataset) and "applicability" in prediction
             ),
         )
 
@@ -403,6 +475,15 @@ def report(
             f"No training history: {model.method} models are fitted by least squares in "
             "closed form, without iterations, so there are no loss curves."
         )
+    if model.calibration_scores is not None:
+        add(
+            "reliability",
+            "Reliability of σ²: the share of test-split pixels whose error lies within "
+            "±1σ, ±1.96σ and ±2.58σ against the share a calibrated Gaussian puts there, "
+            "before and after the calibration; on the dashed diagonal σ means what it says, "
+            "below it σ is too small, above it too large.",
+            lambda: reliability(model),
+        )
     if method(model.method).has_filters:
         add(
             "filters",
@@ -424,6 +505,14 @@ def report(
                 "Predictive variance of the same window (log scale): clouds, shadows and "
                 "changes between the dates stand out as low-confidence pixels.",
                 lambda: draw_variance(crop_data),
+            )
+        if crop_data.applicability is not None:
+            add(
+                "applicability_map",
+                "Applicability of the same window: the share of the training pixels lying at "
+                "least as far from the training domain (1 typical, small unusual); outlined "
+                "in red, pixels outside it (below 0.001), where the mapping extrapolates.",
+                lambda: draw_applicability(crop_data),
             )
 
     # Write the PNGs; stale figures of an earlier report (e.g. filters of another
@@ -452,6 +541,7 @@ def report(
         + "<a href='#metrics'>metrics</a>"
         "<a href='#scatter'>scatter plots</a><a href='#training'>training</a>"
         + ("<a href='#filters'>filters</a>" if "filters" in figures else "")
+        + "<a href='#calibration'>calibration</a>"
         + "<a href='#image'>image</a><a href='#provenance'>provenance</a></nav>",
         "<h2 id='model'>Model</h2>",
         _kv_table(_summary_rows(model)),
@@ -477,6 +567,20 @@ def report(
         parts.append(_figure_html(figures["loss_curves"]))
     if "filters" in figures:
         parts += ["<h2 id='filters'>Learned filters</h2>", _figure_html(figures["filters"])]
+    parts.append("<h2 id='calibration'>Calibration of σ²</h2>")
+    if model.calibration_scores is None:
+        parts.append(
+            "<p class='note'>This model holds no calibration diagnostics: it was saved "
+            "before xharmonise calibrated σ². Fit it again to get them.</p>"
+        )
+    else:
+        parts += [
+            "<p>Coverage of ±kσ and mean Gaussian negative log-likelihood of σ² on the "
+            "held-out test patches at the reference resolution, before and after the "
+            "calibration fitted on the validation patches.</p>",
+            _calibration_table(model.calibration_scores),
+            _figure_html(figures["reliability"]),
+        ]
     parts.append("<h2 id='image'>Image</h2>")
     if crop_data is None:
         parts.append(
@@ -491,6 +595,18 @@ def report(
             parts.append(
                 "<p class='note'>The prediction has no variance: predict with "
                 "with_variance=True to see the variance map.</p>"
+            )
+        if "applicability_map" in figures:
+            parts.append(_figure_html(figures["applicability_map"], native=True))
+        elif model.domain is not None:
+            parts.append(
+                "<p class='note'>The prediction has no applicability: predict with "
+                "with_applicability=True to see where the model applies.</p>"
+            )
+        else:
+            parts.append(
+                "<p class='note'>No applicability map: this model was saved before "
+                "applicability existed; fit it again to measure it.</p>"
             )
     parts += [
         "<h2 id='provenance'>Provenance</h2>",
