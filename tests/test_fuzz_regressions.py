@@ -265,6 +265,17 @@ def test_predict_maps_infinities_to_nan(pair, model):
     assert np.isfinite(out[:, 10, 10]).all()
 
 
+def test_a_convolutional_model_predicts_a_source_thinner_than_its_halo(pair):
+    # Was: ValueError "The overlapping depth 3 is larger than your array 2" (dask's
+    # overlap) for ConvCalibNet on a lazy source two pixels tall.
+    model = _fit(pair.src, pair.ref, method="convcalibnet", iterations=1, batch_size=1)
+    with pytest.warns(xharmonise.DetailLossWarning):
+        whole = xharmonise.predict(pair.src.isel(y=slice(0, 2)), model)["prediction"]
+        lazy = xharmonise.predict(pair.src.isel(y=slice(0, 2)).chunk(x=(7, 20, 33)), model)
+    np.testing.assert_allclose(lazy["prediction"].values, whole.values, rtol=1e-6)
+    assert lazy["prediction"].chunks[2] == (7, 20, 33)
+
+
 def test_constant_reference_scores_nan_instead_of_dividing_by_zero(pair):
     # Was (CLI: a mask given as both images): RuntimeWarning: divide by zero in R2.
     flat = pair.ref * 0 + 0.2

@@ -439,6 +439,11 @@ def map_pixels(data: np.ndarray | da.Array, model: Harmoniser) -> np.ndarray | d
         # Chunks overlap by the receptive radius; NaN input is zeroed like the whole
         # array's zero padding, so trimmed blocks equal whole-array output: no seams.
         depth = {0: 0, 1: halo, 2: halo}
+        for axis in (1, 2):
+            if lazy.shape[axis] <= halo:
+                # Dask cannot overlap an axis shorter than the halo; one chunk along it
+                # needs no overlap (the block's zero padding is the whole array's).
+                lazy, depth[axis] = lazy.rechunk({axis: -1}), 0
         padded = da.overlap.overlap(lazy, depth=depth, boundary="none")
         out = da.map_blocks(
             fn,
