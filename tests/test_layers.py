@@ -38,7 +38,7 @@ LEARN = ("training", "losses")
 OUT = ("inference", "store", "plot")
 LAYERS: dict[str, tuple[str, ...]] = {
     "Face": ("", "__main__", "accessor", "cli", "demo", "runfiles"),
-    "Flow": ("api", "arguments", "stages", "validation"),
+    "Flow": ("api", "arguments", "evaluation", "stages", "validation"),
     # The "Prep / Learn / Out" side by side, held to one order so that no sideways
     # import goes unnoticed: outputs may read the prepared data's helpers (plot crops with
     # grid and scaling), learning reads neither, preparation reads neither of the others.
@@ -46,7 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "Learn": LEARN,
     "Prep": PREP,
     "Model": ("harmoniser", "records", "models"),
-    "Base": ("errors", "checks", "psf", "metrics", "calibration"),
+    "Base": ("errors", "checks", "psf", "metrics", "calibration", "applicability"),
 }
 
 
