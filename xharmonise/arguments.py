@@ -66,15 +66,14 @@ def fit_options(
         )
     checks.integer(iterations, "iterations", minimum=1, optional=True)
     checks.integer(batch_size, "batch_size", minimum=1, optional=True)
-    checks.integer(patch_size, "patch_size", minimum=1)
+    _sampling_options(
+        patch_size=patch_size, test_fraction=test_fraction, max_patches=max_patches, seed=seed
+    )
     if spec.neural and batch_size is not None and batch_size * patch_size**2 < 2:
         raise InputValueError(
             f"batch_size={batch_size} with patch_size={patch_size} makes training steps of "
             "one pixel, which batch normalisation cannot use: raise batch_size or patch_size"
         )
-    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
-    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
-    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
     checks.device(device)
     checks.flag(progress, "progress")
     if not isinstance(coregister, ShiftEstimate):
@@ -152,12 +151,19 @@ def evaluate_options(
             "'test' (the test split fit holds out with the same patch_size, test_fraction, "
             "max_patches and seed)"
         )
+    _sampling_options(
+        patch_size=patch_size, test_fraction=test_fraction, max_patches=max_patches, seed=seed
+    )
+    if coregister is not None and not isinstance(coregister, ShiftEstimate):
+        checks.flag(coregister, "coregister")
+
+
+def _sampling_options(*, patch_size: Any, test_fraction: Any, max_patches: Any, seed: Any) -> None:
+    """The options that choose the patches and the split: ``fit``'s and ``evaluate``'s."""
     checks.integer(patch_size, "patch_size", minimum=1)
     checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
     checks.integer(max_patches, "max_patches", minimum=1, optional=True)
     checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
-    if coregister is not None and not isinstance(coregister, ShiftEstimate):
-        checks.flag(coregister, "coregister")
 
 
 def shift_options(

@@ -402,12 +402,20 @@ def _method_help(default: str) -> str:
 
 
 # --------------------------------------------------------------------------- commands
-def _cmd_fit(args: argparse.Namespace) -> int:
-    # Before minutes of sampling and training: a model that cannot be written is refused now.
-    check_destination(args.out)
+def _open_pair(
+    args: argparse.Namespace,
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+    """The source, the reference and the optional mask that ``fit`` and ``evaluate`` read."""
     src = open_raster(args.src, what="the source", chunks=args.chunks)
     ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
     mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
+    return src, ref, mask
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    # Before minutes of sampling and training: a model that cannot be written is refused now.
+    check_destination(args.out)
+    src, ref, mask = _open_pair(args)
     with _scheduler(None):
         model = xharmonise.fit(
             src,
@@ -472,9 +480,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = _table_destination(args)
     model = xharmonise.load(args.model)
-    src = open_raster(args.src, what="the source", chunks=args.chunks)
-    ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
-    mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
+    src, ref, mask = _open_pair(args)
     with _scheduler(None):
         scores = xharmonise.evaluate(
             src,
