@@ -776,8 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         parents=[*common, chunks],
         help="learn a mapping from a source and a reference image",
-        description="Learn a mapping that makes SRC reflectances consistent with REF; write "
-        "the model file and print the test-split metrics.",
+        description="Learn a mapping that makes SRC reflectances consistent with REF (one "
+        "raster, or one per date of a time series: the dates that serve SRC's are used); "
+        "write the model file and print the test-split metrics.",
     )
     p.add_argument("src", metavar="SRC", help="high-resolution source raster (e.g. Pleiades, 2 m)")
     _reference_argument(p, "reference raster (e.g. Sentinel-2 L2A, 10 m)")
