@@ -15,6 +15,7 @@ import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -22,7 +23,7 @@ import xarray as xr
 import xharmonise
 from xharmonise.cli import format_dates, main
 from xharmonise.errors import BandMismatchError, DateError, GridError
-from xharmonise.runfiles import file_date
+from xharmonise.runfiles import file_date, open_mask_series, open_series
 from xharmonise.simulate import simulate_series
 
 # The source covers 40 x 40 reference pixels: 25 patches of 8. The nearest date (-1) is
@@ -263,3 +264,14 @@ def test_file_date():
     assert file_date("tile_12345678_20240601.tif") == np.datetime64("2024-06-01")
     assert file_date("s2_2024-0601.tif") is None
     assert file_date("/data/2024-06-01/B04.tif") is None  # the folder does not date it
+
+
+def test_the_stack_is_lazy_and_holds_the_series_written(series, files):
+    ref = open_series([str(p) for p in files["refs"]], chunks=16)
+    mask = open_mask_series([str(p) for p in files["masks"]], ref, files["refs"], chunks=16)
+    # Dask over the files, one date per chunk: nothing is read until the fit reads it.
+    assert isinstance(ref.data, da.Array) and isinstance(mask.data, da.Array)
+    assert ref.chunks[0] == (1, 1, 1) and ref.chunks[2][0] == 16
+    assert "TIFFTAG_DATETIME" not in ref.attrs  # no single date stands for the series
+    np.testing.assert_array_equal(ref.values, series.ref.values)
+    np.testing.assert_array_equal(mask.values, series.mask.values)
