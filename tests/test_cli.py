@@ -630,7 +630,7 @@ def test_demo_on_given_files(files, linear_fit, tmp_path):
 # --------------------------------------------------------------------------- info MODEL
 @pytest.fixture(scope="module")
 def dated_model(tmp_path_factory) -> Path:
-    # Fitted in the library: the command line fits on one reference raster. The nearest
+    # Fitted in the library (test_cli_series.py fits series from files). The nearest
     # date is 90 % cloudy, so "auto" uses two dates and the test split has no pixel of
     # the first (its per-date RMSE is printed as "-").
     s = simulate_series((400, 400), seed=0, days=(-9, -1, 3), ref_clouds=[0.1, 0.9, 0.1])

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import xharmonise
+from xharmonise.dates import DEFAULT_MAX_DAYS, POLICIES
 from xharmonise.harmoniser import check_destination
 from xharmonise.models.registry import METHODS
 from xharmonise.runfiles import (
@@ -58,7 +59,9 @@ from xharmonise.runfiles import (
     format_table,
     one_line,
     open_mask,
+    open_mask_series,
     open_raster,
+    open_series,
     shift_estimates,
 )
 
@@ -76,6 +79,8 @@ __all__ = [
     "format_store_info",
     "main",
     "parse_bands",
+    "parse_date_policy",
+    "parse_dates",
     "parse_offset",
     "parse_scale",
 ]
@@ -156,6 +161,59 @@ def parse_offset(text: str) -> float | tuple[float | None, float | None]:
     (None, -0.1)
     """
     return _parse_pair(text, "an offset", "-0.1")
+
+
+def parse_dates(text: str) -> list[str]:
+    """Parse ``--ref-dates``: comma-separated dates, one per REF raster, in their order.
+
+    Examples
+    --------
+    >>> parse_dates("2024-06-01, 2024-06-11T10:56:19Z")
+    ['2024-06-01', '2024-06-11T10:56:19Z']
+    """
+    from xharmonise.dates import as_date
+    from xharmonise.errors import DateError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give dates such as 2024-06-01,2024-06-11")
+    for item in items:
+        try:
+            as_date(item, "date")
+        except DateError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a date: give ISO dates such as 2024-06-01,2024-06-11"
+            ) from None
+    return items
+
+
+def parse_date_policy(text: str) -> str | list[str]:
+    """Parse ``--dates``: a policy name (auto, nearest, all) or the reference dates to use.
+
+    Examples
+    --------
+    >>> parse_date_policy("nearest"), parse_date_policy("2024-06-11,2024-06-14")
+    ('nearest', ['2024-06-11', '2024-06-14'])
+    """
+    if text.strip() in POLICIES:
+        return text.strip()
+    try:
+        return parse_dates(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a policy ({', '.join(POLICIES)}) or reference dates such as "
+            "2024-06-11,2024-06-14"
+        ) from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -405,11 +463,38 @@ def _method_help(default: str) -> str:
 def _open_pair(
     args: argparse.Namespace,
 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
-    """The source, the reference and the optional mask that ``fit`` and ``evaluate`` read."""
+    """The source, the reference and the optional mask that ``fit`` and ``evaluate`` read.
+
+    Several REF rasters are one per date: stacked lazily along ``time`` (dated by
+    ``--ref-dates``, their tags or their names), with their masks stacked likewise.
+    """
+    refs, masks = list(args.ref), list(args.mask or [])
+    if args.ref_dates is not None and len(args.ref_dates) != len(refs):
+        raise _usage(
+            args,
+            f"--ref-dates gives {len(args.ref_dates)} dates for {len(refs)} REF rasters: "
+            "give one date per REF, in the same order",
+        )
+    if masks and len(masks) != len(refs):
+        # One cloud mask for several dates would mask the wrong clouds on all but one.
+        raise _usage(
+            args,
+            f"{len(masks)} --mask for {len(refs)} REF rasters: give one --mask per REF, in "
+            "the same order",
+        )
     src = open_raster(args.src, what="the source", chunks=args.chunks)
-    ref = open_raster(args.ref, what="the reference", chunks=args.chunks)
-    mask = open_mask(args.mask, chunks=args.chunks) if args.mask else None
+    if len(refs) == 1:  # one image: no date needed
+        ref = open_raster(refs[0], what="the reference", chunks=args.chunks)
+        mask = open_mask(masks[0], chunks=args.chunks) if masks else None
+        return src, ref, mask
+    ref = open_series(refs, dates=args.ref_dates, what="the reference", chunks=args.chunks)
+    mask = open_mask_series(masks, ref, refs, chunks=args.chunks) if masks else None
     return src, ref, mask
+
+
+def _date_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``fit``'s and ``evaluate``'s options for a reference time series."""
+    return {"src_time": args.src_time, "dates": args.dates, "max_days": args.max_days}
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -433,6 +518,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.quiet,
             coregister=args.coregister,
+            **_date_options(args),
         )
     _echo(format_model_info(model))
     out = model.save(args.out)
@@ -495,6 +581,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             max_patches=args.max_patches,
             seed=args.seed,
             coregister=args.coregister,
+            **_date_options(args),
         )
     _echo(repr(model))
     _echo(format_evaluation(scores))
@@ -613,6 +700,56 @@ def _common() -> _Parser:
     return common
 
 
+def _reference_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """REF of ``fit`` and ``evaluate``: one raster, or one per date of a time series."""
+    p.add_argument(
+        "ref",
+        nargs="+",
+        metavar="REF",
+        help=f"{what}; several: one per date of a time series, each dated by --ref-dates, "
+        "else its TIFFTAG_DATETIME tag, else a date in its file name (YYYYMMDD or "
+        "YYYY-MM-DD); they must share grid, CRS and bands",
+    )
+
+
+def _series_options(p: argparse.ArgumentParser) -> None:
+    """The masks and date options of ``fit`` and ``evaluate``."""
+    p.add_argument(
+        "--ref-dates",
+        type=parse_dates,
+        metavar="DATES",
+        help="dates of the REF rasters, in their order: '2024-06-01,2024-06-11'",
+    )
+    p.add_argument(
+        "--mask",
+        action="append",
+        metavar="RASTER",
+        help="cloud mask on REF's grid, 1 = cloud; with several REF, one --mask per REF, "
+        "in the same order",
+    )
+    p.add_argument(
+        "--src-time",
+        metavar="DATE",
+        help="acquisition date of SRC, for several REF (default: its TIFFTAG_DATETIME tag)",
+    )
+    p.add_argument(
+        "--dates",
+        type=parse_date_policy,
+        default="auto",
+        metavar="POLICY",
+        help="which REF dates to use: auto (the nearest while it has enough clear pixels, "
+        "the next ones to fill it), nearest, all (within --max-days), or the dates "
+        "('2024-06-11,2024-06-14'); default auto",
+    )
+    p.add_argument(
+        "--max-days",
+        type=_non_negative,
+        default=DEFAULT_MAX_DAYS,
+        metavar="DAYS",
+        help=f"use no REF date further from SRC's (default {DEFAULT_MAX_DAYS:g})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``xharmonise`` argument parser (subcommands fit, predict, evaluate, report, info,
     demo)."""
@@ -639,11 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         parents=[*common, chunks],
         help="learn a mapping from a source and a reference image",
-        description="Learn a mapping that makes SRC reflectances consistent with REF; write "
-        "the model file and print the test-split metrics.",
+        description="Learn a mapping that makes SRC reflectances consistent with REF (one "
+        "raster, or one per date of a time series: the dates that serve SRC's are used); "
+        "write the model file and print the test-split metrics.",
     )
-    p.add_argument("src", help="high-resolution source raster (e.g. Pleiades, 2 m)")
-    p.add_argument("ref", help="reference raster (e.g. Sentinel-2 L2A, 10 m)")
+    p.add_argument("src", metavar="SRC", help="high-resolution source raster (e.g. Pleiades, 2 m)")
+    _reference_argument(p, "reference raster (e.g. Sentinel-2 L2A, 10 m)")
     p.add_argument(
         "--method", choices=list(METHODS), default="calibnet", help=_method_help("calibnet")
     )
@@ -653,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure the source's shift (phase correlation) and correct it before fitting",
     )
-    p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
+    _series_options(p)
     p.add_argument(
         "--bands",
         type=parse_bands,
@@ -727,10 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
         "scene) with the sampling and metrics of `fit`, and print the metrics table and the "
         "coverage of σ²; --out also writes them as JSON or CSV.",
     )
-    p.add_argument("src", help="high-resolution source raster")
-    p.add_argument("ref", help="reference raster")
+    p.add_argument("src", metavar="SRC", help="high-resolution source raster")
+    _reference_argument(p, "reference raster")
     p.add_argument("-m", "--model", required=True, help="model file written by `fit`")
-    p.add_argument("--mask", metavar="RASTER", help="cloud mask on REF's grid, 1 = cloud")
+    _series_options(p)
     p.add_argument(
         "--bands",
         type=parse_bands,
