@@ -9,6 +9,8 @@ grows by the surface change the simulator put there.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +25,14 @@ from xharmonise.errors import (
     InputValueError,
     NoOverlapError,
 )
+from xharmonise.evaluation import FIT_DEFAULTS
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.simulate import simulate_pair, simulate_series
 
 # The metrics are float64 over the same float32 patches: identical in practice; this
 # leaves room for a different summation order only.
 ROUNDING = 1e-6
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +216,69 @@ def test_bad_inputs_name_the_fix(pair, linear):
     coarser = simulate_pair((400, 400), seed=3, src_resolution=2.5)
     with pytest.raises(GridError, match=r"resample the source to 2"):
         xharmonise.evaluate(coarser.src, coarser.ref, linear, patch_size=16)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "dask"])
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [
+        # 400 px: 4 patches of fit's default 32, one held out (at 200 px the one patch
+        # would be its own test split, which any seed finds again).
+        ((400, 400), {}),
+        ((200, 200), {"patch_size": 16, "test_fraction": 0.2, "seed": 3}),
+    ],
+    ids=["fit-defaults", "patch16-test0.2-seed3"],
+)
+def test_the_test_split_is_found_again_from_the_options_the_model_records(size, options, backend):
+    pair = simulate_pair(size, seed=5)
+    model = xharmonise.fit(pair.src, pair.ref, method="linear", progress=False, **options)
+    assert model.sampling == {**FIT_DEFAULTS, **options}
+    assert 0 < model.patches["test"] < model.patches["valid"]  # a real held-out subset
+    src, ref = pair.src, pair.ref
+    if backend == "dask":
+        src, ref = src.chunk(x=128, y=128), ref.chunk(x=32, y=32)
+    scores = xharmonise.evaluate(src, ref, model, split="test")
+    assert scores["metrics"].dims == model.metrics.dims
+    for dim in model.metrics.dims:
+        assert (scores["metrics"][dim].values == model.metrics[dim].values).all()
+    # Same patches, same float32 predictions; only the summation order may differ.
+    np.testing.assert_allclose(scores["metrics"].values, model.metrics.values, rtol=1e-5)
+    assert scores.attrs["patches"] == model.patches["test"]
+    assert scores.attrs["sampling_from"] == "model"
+    expected = {**model.sampling, "max_patches": "none"}
+    assert {k: scores.attrs[k] for k in FIT_DEFAULTS} == expected
+
+
+def test_a_sampling_option_given_wins_over_the_models():
+    pair = simulate_pair((200, 200), seed=5)
+    model = xharmonise.fit(
+        pair.src, pair.ref, method="linear", patch_size=16, test_fraction=0.2, seed=3
+    )
+    # fit's defaults given explicitly: another patch size, another split, other figures.
+    scores = xharmonise.evaluate(pair.src, pair.ref, model, split="test", patch_size=32, seed=0)
+    assert (scores.attrs["patch_size"], scores.attrs["seed"]) == (32, 0)
+    assert scores.attrs["test_fraction"] == 0.2  # not given: the model's
+    assert scores.attrs["sampling_from"] == "given, else model"
+    assert not np.allclose(scores["metrics"].values, model.metrics.values, rtol=1e-3)
+    with pytest.raises(InputValueError, match=r"test_fraction=1\.5"):
+        xharmonise.evaluate(pair.src, pair.ref, model, test_fraction=1.5)
+
+
+def test_a_model_saved_before_fit_recorded_its_sampling_falls_back_to_fits_defaults():
+    # Release 0.1.0's linear model (tests/data/README.md), scored on a larger pair of the
+    # simulator's bands and factor: fit's defaults, as if given.
+    old = xharmonise.load(DATA / "model-v1-linear.safetensors")
+    assert old.sampling is None
+    pair = simulate_pair((400, 400), seed=5)
+    scores = xharmonise.evaluate(pair.src, pair.ref, old, split="test")
+    given = xharmonise.evaluate(pair.src, pair.ref, old, split="test", **FIT_DEFAULTS)
+    xr.testing.assert_identical(scores["metrics"], given["metrics"])
+    assert scores.attrs["sampling_from"] == "fit defaults"
+    assert given.attrs["sampling_from"] == "given, else fit defaults"  # max_patches None
+    assert scores.attrs["patch_size"] == 32 and scores.attrs["seed"] == 0
+
+
+def test_the_fallback_is_fits_own_defaults():
+    # FIT_DEFAULTS is written apart from fit's signature: a change of one must move both.
+    parameters = inspect.signature(xharmonise.fit).parameters
+    assert {k: parameters[k].default for k in FIT_DEFAULTS} == FIT_DEFAULTS

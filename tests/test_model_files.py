@@ -110,6 +110,7 @@ def assert_same_model(a: Harmoniser, b: Harmoniser) -> None:
     r, s = a.fit_report, b.fit_report
     xr.testing.assert_identical(r.metrics, s.metrics)
     assert (r.history, r.patches, r.versions) == (s.history, s.patches, s.versions)
+    assert r.sampling == s.sampling
     assert r.samples.keys() == s.samples.keys()
     for k in r.samples:
         assert r.samples[k].dtype == s.samples[k].dtype
@@ -389,3 +390,57 @@ def test_a_fitted_domain_round_trips_and_a_damaged_one_is_refused(tmp_path):
     path = _rewrite(tmp_path / "m.safetensors", tmp_path / "bad.safetensors", negative_weights)
     with pytest.raises(ModelFileError, match=r"damaged.*weights must be positive"):
         xharmonise.load(path)
+
+
+@pytest.mark.parametrize("name", [f"model-v1-{m}" for m in V1_METHODS] + ["model-v2-bcnet"])
+def test_files_saved_before_fit_recorded_its_sampling_load_with_none(name, tmp_path):
+    model = xharmonise.load(DATA / f"{name}.safetensors")
+    assert model.sampling is None and model.fit_report.sampling is None
+    # Saved again, the record stays unknown: null, not fit's defaults.
+    path = model.save(tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="numpy") as f:
+        assert json.loads(f.metadata()["xharmonise"])["fit_report"]["sampling"] is None
+    assert xharmonise.load(path).sampling is None
+
+
+def test_the_sampling_record_round_trips_and_a_damaged_one_is_refused(tmp_path):
+    pair = simulate_pair((200, 200), seed=0)
+    model = xharmonise.fit(
+        pair.src, pair.ref, method="linear", patch_size=16, test_fraction=0.2, seed=3
+    )
+    record = {"patch_size": 16, "test_fraction": 0.2, "max_patches": None, "seed": 3}
+    assert model.sampling == record
+    back = xharmonise.load(model.save(tmp_path / "m.safetensors"))
+    assert_same_model(model, back)
+    assert back.sampling == record
+    assert model.baseline().sampling == record  # the baseline comes from the same split
+    cases = {
+        "absent": (lambda r: r.pop("sampling"), None),
+        "no seed": (lambda r: r["sampling"].pop("seed"), r"no fit_report sampling 'seed'"),
+        "a string": (lambda r: r["sampling"].update(patch_size="16"), r"'patch_size' is '16'"),
+        "out of range": (lambda r: r["sampling"].update(test_fraction=1.0), r"test_fraction=1"),
+        "an extra key": (lambda r: r["sampling"].update(ring=2), r"exactly patch_size"),
+    }
+    for name, (edit, message) in cases.items():
+
+        def in_report(meta: dict, edit=edit) -> None:
+            edit(meta["fit_report"])
+
+        path = _rewrite(tmp_path / "m.safetensors", tmp_path / f"{name}.safetensors", in_report)
+        if message is None:
+            assert xharmonise.load(path).sampling is None, name
+        else:
+            with pytest.raises(ModelFileError, match=message):
+                xharmonise.load(path)
+
+
+def test_a_report_refuses_a_sampling_record_fit_would_refuse():
+    report = xharmonise.load(DATA / "model-v1-linear.safetensors").fit_report
+    given = {"patch_size": 0, "test_fraction": 0.1, "max_patches": None, "seed": 0}
+    with pytest.raises(InputValueError, match=r"patch_size=0 is not allowed"):
+        dataclasses.replace(report, sampling=given)
+    given["patch_size"] = np.int64(8)
+    kept = dataclasses.replace(report, sampling=given)
+    given["seed"] = 9  # the report holds its own copy, in plain Python values
+    assert kept.sampling == {"patch_size": 8, "test_fraction": 0.1, "max_patches": None, "seed": 0}
+    assert type(kept.sampling["patch_size"]) is int

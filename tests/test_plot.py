@@ -211,9 +211,20 @@ def test_a_model_saved_before_calibration_and_applicability_says_so(tmp_path):
     old = xharmonise.load(Path(__file__).parent / "data" / "model-v2-bcnet.safetensors")
     html = plot.report(old, tmp_path / "old.html").read_text(encoding="utf-8")
     assert "no calibration diagnostics" in html and "saved before applicability existed" in html
+    assert "saved before fit recorded its sampling options" in html
     assert "reliability" not in _pngs(tmp_path / "old_files")
     with pytest.raises(InputValueError, match="fit it again"):
         plot.reliability(old)
+
+
+def test_the_summary_lists_the_sampling_options_fit_recorded(tmp_path, linear):
+    html = plot.report(linear, tmp_path / "r.html").read_text(encoding="utf-8")
+    s = linear.sampling
+    assert s is not None
+    assert (
+        f"patches of {s['patch_size']} reference pixels, {s['test_fraction']:g} held out for "
+        f"testing, no cap, seed {s['seed']}"
+    ) in html
 
 
 def test_saved_model_and_rerun_replacing_stale_figures(tmp_path, bcnet, linear):

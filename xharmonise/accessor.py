@@ -165,10 +165,10 @@ class _HarmoniseAccessor:
         scale: float | tuple[float | None, float | None] | None = None,
         offset: float | tuple[float | None, float | None] | None = None,
         split: Split = "all",
-        patch_size: int = 32,
-        test_fraction: float = 0.1,
+        patch_size: int | None = None,
+        test_fraction: float | None = None,
         max_patches: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         coregister: bool | ShiftEstimate | None = None,
         src_time: Any = None,
         dates: str | Sequence[Any] = "auto",
@@ -184,7 +184,7 @@ class _HarmoniseAccessor:
         >>> from xharmonise.simulate import simulate_pair
         >>> pair = simulate_pair((200, 200), seed=0)
         >>> model = pair.src.harmonise.fit(pair.ref, method="linear", patch_size=8)
-        >>> scores = pair.src.harmonise.evaluate(pair.ref, model, split="test", patch_size=8)
+        >>> scores = pair.src.harmonise.evaluate(pair.ref, model, split="test")
         >>> scores["metrics"].dims
         ('band', 'metric', 'stage')
         """

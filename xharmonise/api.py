@@ -537,10 +537,10 @@ def evaluate(
     scale: float | tuple[float | None, float | None] | None = None,
     offset: float | tuple[float | None, float | None] | None = None,
     split: evaluation.Split = "all",
-    patch_size: int = 32,
-    test_fraction: float = 0.1,
+    patch_size: int | None = None,
+    test_fraction: float | None = None,
     max_patches: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     coregister: bool | ShiftEstimate | None = None,
     src_time: Any = None,
     dates: str | Sequence[Any] = "auto",
@@ -575,12 +575,18 @@ def evaluate(
         Which valid patches are scored: ``"all"`` (for a pair the model never saw), or
         ``"test"``, the test split :func:`fit` holds out with the same ``patch_size``,
         ``test_fraction``, ``max_patches`` and ``seed``: on the pair the model was fitted
-        on, these are the patches ``model.metrics`` was computed on, and the table is
-        ``model.metrics`` again (to float rounding). ``"all"`` on the training pair scores
-        training patches too, which flatters the model.
-    patch_size, test_fraction, max_patches, seed : int, float, int, int
+        on, with the model's own options (the default), these are the patches
+        ``model.metrics`` was computed on, and the table is ``model.metrics`` again (to
+        float rounding). ``"all"`` on the training pair scores training patches too, which
+        flatters the model.
+    patch_size, test_fraction, max_patches, seed : int, float, int, int, optional
         As for :func:`fit` (``max_patches`` and ``seed`` pick and order the patches for
-        ``"all"`` too; ``test_fraction`` is read by ``"test"`` only).
+        ``"all"`` too; ``test_fraction`` is read by ``"test"`` only). Each one left None
+        is the model's own, as :func:`fit` recorded it (``model.sampling``); for a model
+        saved before fit recorded them (``model.sampling is None``), fit's defaults: 32,
+        0.1, no cap, 0. A value given wins; as None means the model's own, a model fitted
+        with a ``max_patches`` cap scores every patch only when given a cap at least the
+        pair's count of valid patches.
     coregister : bool or ShiftEstimate, optional
         The source's correction before sampling. By default (None) the model's: a model
         fitted with ``coregister=True`` corrects the source by the shift it measured on
@@ -603,9 +609,13 @@ def evaluate(
         returns (calibrated, ``model.calibration``), with the calibrated Gaussian's
         coverage as coordinate ``nominal``. ``date_metrics`` for a reference time series:
         (band, metric, stage, date). Attributes: ``method``, ``split``, ``patches``
-        (scored), ``valid_patches``, ``pixels`` (clear reference pixels scored),
-        ``patch_size``, ``seed``, ``variance_kind``, ``calibration`` and, when the source
-        was corrected, ``coregistration_shift`` (east, north).
+        (scored), ``valid_patches``, ``pixels`` (clear reference pixels scored), the
+        sampling options used (``patch_size``, ``test_fraction``, ``max_patches``, the
+        string ``"none"`` for no cap, and ``seed``) and ``sampling_from``, where they come
+        from (``"given"``, ``"model"``, ``"fit defaults"``, or ``"given, else model"`` /
+        ``"given, else fit defaults"`` when only some were given), ``variance_kind``,
+        ``calibration`` and, when the source was corrected, ``coregistration_shift``
+        (east, north).
 
     Raises
     ------
@@ -621,33 +631,34 @@ def evaluate(
 
     Examples
     --------
-    On the pair a model was fitted on, its test split gives back its metric table:
+    On the pair a model was fitted on, its test split gives back its metric table (the
+    model recorded fit's sampling options, so they need not be repeated):
 
     >>> from xharmonise.simulate import simulate_pair
     >>> pair = simulate_pair((400, 400), seed=0)
     >>> model = fit(pair.src, pair.ref, method="linear", patch_size=16)
-    >>> scores = evaluate(pair.src, pair.ref, model, split="test", patch_size=16)
+    >>> scores = evaluate(pair.src, pair.ref, model, split="test")
     >>> bool(abs(scores["metrics"] - model.metrics).max() < 1e-6)
     True
+    >>> scores.attrs["patch_size"], scores.attrs["sampling_from"]
+    (16, 'model')
 
     On a neighbouring scene, every valid patch, with the coverage of the calibrated σ²:
 
     >>> other = simulate_pair((400, 400), seed=0, origin=(510000.0, 4800000.0))
-    >>> scores = evaluate(other.src, other.ref, model, patch_size=16)
+    >>> scores = evaluate(other.src, other.ref, model)
     >>> scores["metrics"].sel(metric="rmse", stage="model").dims
     ('band',)
     >>> scores["calibration"].sel(measure="coverage_1.96").sizes["band"]
     4
     """
-    arguments.evaluate_options(
-        model,
-        split=split,
-        patch_size=patch_size,
-        test_fraction=test_fraction,
-        max_patches=max_patches,
-        seed=seed,
-        coregister=coregister,
-    )
+    given = {
+        "patch_size": patch_size,
+        "test_fraction": test_fraction,
+        "max_patches": max_patches,
+        "seed": seed,
+    }
+    options = arguments.evaluate_options(model, split=split, coregister=coregister, **given)
     arguments.date_options(dates_policy=dates, max_days=max_days, src_time=src_time)
     mask = arguments.mask(mask)
     return evaluation.run(
@@ -658,10 +669,8 @@ def evaluate(
         mask=mask,
         coregister=coregister,
         split=split,
-        patch_size=patch_size,
-        test_fraction=test_fraction,
-        max_patches=max_patches,
-        seed=seed,
+        **options,
         dates_policy=dates,
         max_days=max_days,
+        sampling_from=evaluation.sampling_source(model, given),
     )

@@ -14,7 +14,7 @@ import xarray as xr
 
 from xharmonise import checks, dates
 from xharmonise.errors import DimensionError, InputTypeError, InputValueError
-from xharmonise.evaluation import SPLITS
+from xharmonise.evaluation import SPLITS, sampling_options
 from xharmonise.harmoniser import Harmoniser
 from xharmonise.models.registry import METHODS
 from xharmonise.models.registry import method as method_spec
@@ -66,7 +66,7 @@ def fit_options(
         )
     checks.integer(iterations, "iterations", minimum=1, optional=True)
     checks.integer(batch_size, "batch_size", minimum=1, optional=True)
-    _sampling_options(
+    checks.sampling(
         patch_size=patch_size, test_fraction=test_fraction, max_patches=max_patches, seed=seed
     )
     if spec.neural and batch_size is not None and batch_size * patch_size**2 < 2:
@@ -132,9 +132,18 @@ def evaluate_options(
     max_patches: Any,
     seed: Any,
     coregister: Any,
-) -> None:
+) -> dict[str, Any]:
     """Refuse a ``model`` that is no :class:`~xharmonise.Harmoniser`, or a bad option of
-    ``evaluate``.
+    ``evaluate``; return the sampling options it runs with.
+
+    A sampling option left None is the model's own (:attr:`Harmoniser.sampling`), or
+    ``fit``'s default for a model that does not record them
+    (:func:`xharmonise.evaluation.sampling_options`).
+
+    Returns
+    -------
+    dict
+        ``patch_size``, ``test_fraction``, ``max_patches`` and ``seed``, checked.
 
     Examples
     --------
@@ -148,22 +157,19 @@ def evaluate_options(
     if not isinstance(split, str) or split not in SPLITS:
         raise InputValueError(
             f"split={split!r} is not a choice: give 'all' (every valid patch of the pair) or "
-            "'test' (the test split fit holds out with the same patch_size, test_fraction, "
+            "'test' (the test split fit held out, with the model's patch_size, test_fraction, "
             "max_patches and seed)"
         )
-    _sampling_options(
-        patch_size=patch_size, test_fraction=test_fraction, max_patches=max_patches, seed=seed
-    )
+    given = {
+        "patch_size": patch_size,
+        "test_fraction": test_fraction,
+        "max_patches": max_patches,
+        "seed": seed,
+    }
+    options = checks.sampling(**sampling_options(model, given))
     if coregister is not None and not isinstance(coregister, ShiftEstimate):
         checks.flag(coregister, "coregister")
-
-
-def _sampling_options(*, patch_size: Any, test_fraction: Any, max_patches: Any, seed: Any) -> None:
-    """The options that choose the patches and the split: ``fit``'s and ``evaluate``'s."""
-    checks.integer(patch_size, "patch_size", minimum=1)
-    checks.real(test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True)
-    checks.integer(max_patches, "max_patches", minimum=1, optional=True)
-    checks.integer(seed, "seed", minimum=checks.SEED_RANGE[0], maximum=checks.SEED_RANGE[1])
+    return options
 
 
 def shift_options(

@@ -27,6 +27,7 @@ __all__ = [
     "mapping_or_names",
     "per_input",
     "real",
+    "sampling",
     "type_name",
 ]
 
@@ -144,6 +145,36 @@ def real(
     if bad:
         raise InputValueError(f"{name}={value!r} is not allowed: give a finite number{limits}")
     return v
+
+
+#: The options that choose a fit's patches and its split, in the order ``fit`` takes them.
+SAMPLING_OPTIONS = ("patch_size", "test_fraction", "max_patches", "seed")
+
+
+def sampling(*, patch_size: Any, test_fraction: Any, max_patches: Any, seed: Any) -> dict[str, Any]:
+    """The options that choose the patches and the split as plain Python values, or an
+    error naming the first bad one.
+
+    One check for ``fit``'s and ``evaluate``'s options and for the record of them a
+    fitted model keeps (``FitReport.sampling``), so that all three accept the same values.
+
+    Examples
+    --------
+    >>> sampling(patch_size=16, test_fraction=0.2, max_patches=None, seed=3)
+    {'patch_size': 16, 'test_fraction': 0.2, 'max_patches': None, 'seed': 3}
+    >>> sampling(patch_size=16, test_fraction=1, max_patches=None, seed=3)
+    Traceback (most recent call last):
+        ...
+    xharmonise.errors.InputValueError: test_fraction=1 is not allowed: give a finite ...
+    """
+    return {
+        "patch_size": integer(patch_size, "patch_size", minimum=1),
+        "test_fraction": real(
+            test_fraction, "test_fraction", minimum=0, maximum=1, below_maximum=True
+        ),
+        "max_patches": integer(max_patches, "max_patches", minimum=1, optional=True),
+        "seed": integer(seed, "seed", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]),
+    }
 
 
 def flag(value: Any, name: str) -> bool:

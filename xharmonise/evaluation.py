@@ -30,13 +30,62 @@ from xharmonise.models.registry import method as method_spec
 from xharmonise.records import ShiftEstimate
 from xharmonise.scaling import as_band_array, band_names, scaling_like_training
 
-__all__ = ["SPLITS", "Split", "model_reflectance", "run"]
+__all__ = [
+    "FIT_DEFAULTS",
+    "SPLITS",
+    "Split",
+    "model_reflectance",
+    "run",
+    "sampling_options",
+    "sampling_source",
+]
 
 #: The patches an evaluation scores: every valid patch of the pair, or the test split
 #: ``fit`` holds out with the same ``patch_size``, ``test_fraction``, ``max_patches`` and
 #: ``seed``.
 SPLITS = ("all", "test")
 Split = Literal["all", "test"]
+
+#: ``fit``'s default sampling options: what ``evaluate`` assumes for a model saved before
+#: fit recorded its own (``tests/test_evaluate.py`` holds them to ``fit``'s signature).
+FIT_DEFAULTS: dict[str, Any] = {
+    "patch_size": 32,
+    "test_fraction": 0.1,
+    "max_patches": None,
+    "seed": 0,
+}
+
+
+def sampling_options(model: Harmoniser, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling options an evaluation runs with: each one ``given``, or where None, the
+    model's own (:attr:`Harmoniser.sampling`), or for a model that records none,
+    :data:`FIT_DEFAULTS`.
+
+    ``given`` maps option names (those of :data:`FIT_DEFAULTS`) to values, which are
+    passed through unchecked (:func:`xharmonise.checks.sampling` checks them).
+
+    Examples
+    --------
+    >>> import xharmonise
+    >>> from xharmonise.simulate import simulate_pair
+    >>> pair = simulate_pair((200, 200), seed=0)
+    >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8, seed=3)
+    >>> sampling_options(model, {"patch_size": None, "max_patches": 5})
+    {'patch_size': 8, 'test_fraction': 0.1, 'max_patches': 5, 'seed': 3}
+    """
+    own = model.sampling if model.sampling is not None else FIT_DEFAULTS
+    return {k: own[k] if given.get(k) is None else given[k] for k in FIT_DEFAULTS}
+
+
+def sampling_source(model: Harmoniser, given: Mapping[str, Any]) -> str:
+    """Where :func:`sampling_options` takes the options from, in words: ``"given"``,
+    ``"model"`` (the model's record), ``"fit defaults"`` (a model that records none), or
+    ``"given, else model"`` / ``"given, else fit defaults"`` when only some are given."""
+    left = [k for k in FIT_DEFAULTS if given.get(k) is None]
+    if not left:
+        return "given"
+    own = "model" if model.sampling is not None else "fit defaults"
+    return own if len(left) == len(FIT_DEFAULTS) else f"given, else {own}"
 
 
 def _named(names: Sequence[str]) -> bool:
@@ -183,9 +232,11 @@ def run(
     seed: int,
     dates_policy: str | Sequence[Any] = "auto",
     max_days: float = dates.DEFAULT_MAX_DAYS,
+    sampling_from: str = "given",
 ) -> xr.Dataset:
     """Every stage after :func:`model_reflectance`, as :func:`xharmonise.evaluate` runs
-    them; the result is what it returns."""
+    them (with the sampling options resolved by :func:`sampling_options`; where they came
+    from, ``sampling_from``, is kept as an attribute); the result is what it returns."""
     spec = method_spec(model.method)
     paired, mask, dated = stages.single_reference(
         paired, mask, policy=dates_policy, max_days=max_days, patch_size=patch_size
@@ -236,8 +287,11 @@ def run(
         valid_patches=index.counts["valid"],
         pixels=int(labelled.sum()),
         patch_size=int(patch_size),
-        seed=int(seed),
+        test_fraction=float(test_fraction),
         # Strings, not None or bools: netCDF attributes cannot hold them.
+        max_patches="none" if max_patches is None else int(max_patches),
+        seed=int(seed),
+        sampling_from=sampling_from,
         variance_kind=str(model.variance_kind),
         calibration="validation patches" if applied else "none",
     )

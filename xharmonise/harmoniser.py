@@ -17,7 +17,9 @@ File formats
     Fields added since, optional on reading (a file written before them loads without
     them): the mapping's ``calibration`` (:meth:`~xharmonise.Calibration.to_dict`) and
     ``domain`` (:meth:`~xharmonise.applicability.Domain.to_dict`: no applicability when
-    absent), the report's ``calibration_scores``, ``dates`` and ``date_metrics``.
+    absent), the report's ``calibration_scores``, ``dates``, ``date_metrics`` and
+    ``sampling`` (``{"patch_size", "test_fraction", "max_patches", "seed"}``: unknown, None,
+    when absent).
 ``xharmonise-model/1`` (release 0.1.0)
     One flat JSON object: the mapping's and the report's fields side by side, the grid
     without its place in the reference array, and ``coregistration``: the shift estimate
@@ -42,7 +44,8 @@ import xarray as xr
 
 from xharmonise.applicability import Domain
 from xharmonise.calibration import Calibration
-from xharmonise.checks import type_name
+from xharmonise.checks import SAMPLING_OPTIONS, type_name
+from xharmonise.checks import sampling as checked_sampling
 from xharmonise.errors import HarmoniseError, InputTypeError, InputValueError, ModelFileError
 from xharmonise.models.registry import METHODS, method
 from xharmonise.records import PairGrid, ShiftEstimate
@@ -296,11 +299,17 @@ class FitReport:
         (:func:`xharmonise.calibration.calibration_table`; before is the head's σ², or
         for an empirical σ² one value per band, the validation residuals' mean square).
         None for models saved before calibration existed.
+    sampling : dict or None
+        The options ``fit`` chose its patches and split with: ``patch_size``,
+        ``test_fraction``, ``max_patches`` and ``seed``, so that
+        :func:`xharmonise.evaluate` finds the same test patches again without being told
+        them. None when unknown: a model saved before fit recorded them.
 
     Raises
     ------
     InputValueError
-        A field of the wrong kind.
+        A field of the wrong kind, or a sampling option :func:`xharmonise.fit` would
+        refuse.
 
     Examples
     --------
@@ -310,6 +319,8 @@ class FitReport:
     >>> report = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8).fit_report
     >>> report.metrics.dims, sorted(report.samples)
     (('band', 'metric', 'stage'), ['initial', 'linear', 'model', 'target'])
+    >>> report.sampling
+    {'patch_size': 8, 'test_fraction': 0.1, 'max_patches': None, 'seed': 0}
     """
 
     metrics: xr.DataArray
@@ -321,6 +332,7 @@ class FitReport:
     dates: dict[str, Any] = field(default_factory=dict)
     date_metrics: xr.DataArray | None = None
     calibration_scores: xr.DataArray | None = None
+    sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, xr.DataArray):
@@ -346,6 +358,15 @@ class FitReport:
                 f"calibration_scores is a {type_name(scores)}",
                 "give an xarray.DataArray or None",
             )
+        given = self.sampling
+        if given is not None:
+            if not isinstance(given, dict) or set(given) != set(SAMPLING_OPTIONS):
+                raise _invalid(
+                    f"sampling is {given!r}",
+                    f"give a dict of exactly {', '.join(SAMPLING_OPTIONS)} (or None)",
+                )
+            # Checked as fit checks them, and copied: the report never shares a caller's dict.
+            object.__setattr__(self, "sampling", checked_sampling(**given))
 
 
 def _filter_methods() -> str:
@@ -532,6 +553,23 @@ class Harmoniser:
     def date_metrics(self) -> xr.DataArray | None:
         """Held-out metrics per reference date (band, metric, stage, date), or None."""
         return self.fit_report.date_metrics
+
+    @property
+    def sampling(self) -> dict[str, Any] | None:
+        """The options the fit chose its patches and test split with (``patch_size``,
+        ``test_fraction``, ``max_patches``, ``seed``), or None for a model saved before
+        fit recorded them. :func:`xharmonise.evaluate` uses them unless told otherwise.
+
+        Examples
+        --------
+        >>> import xharmonise
+        >>> from xharmonise.simulate import simulate_pair
+        >>> pair = simulate_pair((200, 200), seed=0)
+        >>> model = xharmonise.fit(pair.src, pair.ref, method="linear", patch_size=8, seed=3)
+        >>> model.sampling
+        {'patch_size': 8, 'test_fraction': 0.1, 'max_patches': None, 'seed': 3}
+        """
+        return self.fit_report.sampling
 
     def baseline(self) -> Harmoniser:
         """The linear baseline of this fit as a model of its own.
@@ -801,6 +839,7 @@ def _encode(model: Harmoniser) -> bytes:
             "calibration_scores": (
                 None if r.calibration_scores is None else r.calibration_scores.to_dict()
             ),
+            "sampling": None if r.sampling is None else dict(r.sampling),
         },
         "saved_by": package_versions(),
     }
@@ -990,6 +1029,13 @@ _MAPPING_2_FIELDS = {
     "applied_shift": ((list, type(None)), "[east, north] or null"),
 }
 _REPORT_2_FIELDS = {**_REPORT_FIELDS, "shift_estimate": ((dict, type(None)), "a dict or null")}
+# fit's sampling options as FitReport.sampling holds them (FitReport checks their limits).
+_SAMPLING_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "patch_size": (int, "an integer"),
+    "test_fraction": ((int, float), "a number"),
+    "max_patches": ((int, type(None)), "an integer or null"),
+    "seed": (int, "an integer"),
+}
 # What every network's config() holds (the rest is the architecture's own).
 _NET_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "method": (str, "a method name"),
@@ -1048,6 +1094,7 @@ def _model(
     calibration: Calibration | None = None,
     calibration_scores: xr.DataArray | None = None,
     domain: Domain | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Harmoniser:
     """A Harmoniser from the fields common to every format."""
     method(m["method"])  # an unknown method is named as such, before its network is built
@@ -1086,6 +1133,7 @@ def _model(
         dates=r.get("dates") or {},
         date_metrics=_date_metrics(r.get("date_metrics")),
         calibration_scores=calibration_scores,
+        sampling=sampling,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -1136,8 +1184,13 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
     # Optional: files written before calibration existed have neither (no calibration).
     _require(m, {"calibration": ((dict, type(None)), "a dict or null")}, "mapping ", True)
     _require(r, {"calibration_scores": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
-    # Optional too: files written before applicability existed have no domain.
+    # Optional too: files written before applicability existed have no domain, and those
+    # written before fit recorded its sampling options have none.
     _require(m, {"domain": ((dict, type(None)), "a dict or null")}, "mapping ", True)
+    _require(r, {"sampling": ((dict, type(None)), "a dict or null")}, "fit_report ", True)
+    sampling = r.get("sampling")
+    if sampling is not None:
+        _require(sampling, _SAMPLING_FIELDS, "fit_report sampling ")
     calibration, scores, domain = None, None, None
     try:
         if m.get("domain") is not None:
@@ -1158,6 +1211,7 @@ def _read_format_2(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Harm
         calibration=calibration,
         calibration_scores=scores,
         domain=domain,
+        sampling=sampling,
     )
 
 

@@ -1016,10 +1016,12 @@ def assemble(
     dates_record: dict[str, Any] | None = None,
     calibration: Calibration | None = None,
     domain: Domain | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Harmoniser:
     """The fitted model: the mapping ``predict`` applies (with ``calibration``, from
     :func:`calibrate`, and ``domain``, from :func:`training_domain`) and the report of the
-    fit."""
+    fit (with ``sampling``, the options :func:`build_training_data` was given, so that
+    ``evaluate`` can find the test split again)."""
     p = pair.paired
     mapping = ModelMapping(
         method=spec.name,
@@ -1048,6 +1050,7 @@ def assemble(
         dates=dates_record or {},
         date_metrics=evaluation.date_metrics,
         calibration_scores=evaluation.calibration_scores,
+        sampling=sampling,
     )
     return Harmoniser(mapping=mapping, fit_report=report)
 
@@ -1139,4 +1142,10 @@ def run(
         dates_record=record,
         calibration=calibration,
         domain=domain,
+        sampling={
+            "patch_size": patch_size,
+            "test_fraction": test_fraction,
+            "max_patches": max_patches,
+            "seed": seed,
+        },
     )

@@ -179,6 +179,23 @@ def _uncertainty_rows(model: Harmoniser) -> list[tuple[str, str]]:
     return [("σ²", sigma), ("applicability domain", domain)]
 
 
+def _sampling_text(sampling: dict[str, Any] | None) -> str:
+    """fit's sampling options in words, or why they are not known."""
+    if sampling is None:
+        # evaluate falls back to fit's defaults for such a model: say so, since its test
+        # split is then fit's only if the fit used them too.
+        return (
+            "unknown: this model was saved before fit recorded its sampling options; "
+            "xharmonise.evaluate assumes fit's defaults unless given them"
+        )
+    cap = sampling["max_patches"]
+    return (
+        f"patches of {sampling['patch_size']} reference pixels, "
+        f"{sampling['test_fraction']:g} held out for testing, "
+        f"{'no cap' if cap is None else f'at most {cap} patches'}, seed {sampling['seed']}"
+    )
+
+
 def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
     p, h = model.patches, model.history or {}
     pairs = ", ".join(f"{s} → {r}" for s, r in zip(model.src_bands, model.ref_bands, strict=True))
@@ -202,6 +219,7 @@ def _summary_rows(model: Harmoniser) -> list[tuple[str, str]]:
                 f"{p.get('test', '?')} test",
             )
         )
+    rows.append(("patch sampling", _sampling_text(model.sampling)))
     if h.get("iteration"):
         seconds = h.get("seconds")
         rows.append(
