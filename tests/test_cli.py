@@ -141,10 +141,19 @@ def test_fit_linear_equals_library_fit_and_prints_metrics(pair, linear_fit):
     # lazy reductions may differ.
     assert (model.src_bands, model.ref_bands) == (pair.truth.src_bands, pair.truth.ref_bands)
     expected = xharmonise.fit(
-        pair.src, pair.ref, method="linear", mask=pair.mask, patch_size=16, progress=False
+        pair.src,
+        pair.ref,
+        method="linear",
+        mask=pair.mask,
+        patch_size=16,
+        progress=False,
     )
     np.testing.assert_allclose(model.linear, expected.linear, rtol=1e-5, atol=1e-6)
     assert model.patches == expected.patches
+    assert model.sampling == expected.sampling == {
+        "patch_size": 16, "test_fraction": 0.1, "max_patches": None, "seed": 0,
+    }  # fmt: skip
+    assert "sampling: patches of 16 px, 0.1 held out, no cap, seed 0" in proc.stdout
     assert model.patches["partial"] > 0  # the mask file was used
     # The printed table is the model's: one row per band x metric, stages as columns.
     rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^B\d\s", line)]
@@ -500,8 +509,9 @@ def test_evaluate_gives_back_fits_table_as_text_json_and_csv(files, linear_fit, 
     model = xharmonise.load(path)
     args = [
         "evaluate", files["src"], files["ref"], "-m", path, "--mask", files["mask"],
-        "--patch-size", "16", "--split", "test", "--quiet",
+        "--split", "test", "--quiet",
     ]  # fmt: skip
+    # No sampling option: the model's own (fit's --patch-size 16) are read from its file.
     proc = _ok(xh(*args, "-o", tmp_path / "scores.json"))
     assert proc.stderr == "" and proc.stdout.strip().endswith(f"wrote {tmp_path / 'scores.json'}")
     # Printed: the metrics (initial, linear, model), then σ² coverage beside its nominal.
@@ -519,6 +529,7 @@ def test_evaluate_gives_back_fits_table_as_text_json_and_csv(files, linear_fit, 
     # The JSON holds fit's table, to float rounding, and what was scored.
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert (scores["split"], scores["patches"]) == ("test", model.patches["test"])
+    assert (scores["patch_size"], scores["sampling_from"]) == (16, "model")
     for band in model.metrics["band"].values:
         for metric in model.metrics["metric"].values:
             for stage in model.metrics["stage"].values:
@@ -537,6 +548,31 @@ def test_evaluate_gives_back_fits_table_as_text_json_and_csv(files, linear_fit, 
     np.testing.assert_allclose(rmse.loc[expected.index].values, expected.values, atol=1e-6)
     cal = table[table["table"] == "calibration"]
     assert len(cal) == 4 * 4 and cal["stage"].isna().all()
+
+
+def test_evaluate_test_split_follows_the_sampling_fit_recorded(files, tmp_path):
+    # fit's own --test-fraction and --seed, recorded in the model file: evaluate's test
+    # split, given no sampling option, is fit's, and its table is fit's.
+    path = tmp_path / "m.safetensors"
+    fitted = "--patch-size", "16", "--test-fraction", "0.3", "--seed", "3"
+    pair_args = files["src"], files["ref"], "--mask", files["mask"], "--quiet"
+    _ok(xh("fit", *pair_args, "--method", "linear", *fitted, "--out", path))
+    model = xharmonise.load(path)
+    assert model.sampling == {
+        "patch_size": 16,
+        "test_fraction": 0.3,
+        "max_patches": None,
+        "seed": 3,
+    }
+    assert (
+        "sampling: patches of 16 px, 0.3 held out, no cap, seed 3" in _ok(xh("info", path)).stdout
+    )
+    _ok(xh("evaluate", *pair_args, "-m", path, "--split", "test", "-o", tmp_path / "s.json"))
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert (scores["test_fraction"], scores["seed"]) == (0.3, 3)
+    assert scores["patches"] == model.patches["test"]
+    got = scores["metrics"]["B4"]["rmse"]["model"]
+    assert abs(got - float(model.metrics.sel(band="B4", metric="rmse", stage="model"))) < 1e-6
 
 
 # --------------------------------------------------------------------------- report, demo

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import xharmonise
 from xharmonise.dates import DEFAULT_MAX_DAYS, POLICIES
+from xharmonise.evaluation import FIT_DEFAULTS
 from xharmonise.harmoniser import check_destination
 from xharmonise.models.registry import METHODS
 from xharmonise.runfiles import (
@@ -216,6 +217,18 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _format_sampling(sampling: dict[str, Any]) -> str:
+    cap = sampling["max_patches"]
+    return (
+        f"patches of {sampling['patch_size']} px, {sampling['test_fraction']:g} held out, "
+        f"{'no cap' if cap is None else f'at most {cap}'}, seed {sampling['seed']}"
+    )
+
+
+#: What ``evaluate`` assumes for a model saved before fit recorded its sampling.
+_FIT_SAMPLING = _format_sampling(FIT_DEFAULTS) + " for a model saved without them"
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -331,6 +344,12 @@ def format_model_info(model: Harmoniser) -> str:
     dates = format_dates(model)
     if dates:
         parts.append(dates)
+    sampling = model.sampling
+    parts.append(
+        f"sampling: {_format_sampling(sampling)}"
+        if sampling is not None
+        else "sampling: unknown (saved before fit recorded it; evaluate assumes fit's defaults)"
+    )
     return "\n".join(parts)
 
 
@@ -513,6 +532,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             offset=args.offset,
             iterations=args.iterations,
             patch_size=args.patch_size,
+            test_fraction=args.test_fraction,
             max_patches=args.max_patches,
             seed=args.seed,
             device=args.device,
@@ -578,6 +598,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             offset=args.offset,
             split=args.split,
             patch_size=args.patch_size,
+            test_fraction=args.test_fraction,
             max_patches=args.max_patches,
             seed=args.seed,
             coregister=args.coregister,
@@ -813,6 +834,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iterations", type=_positive, help="training iterations (neural methods)")
     p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of patches held out for the test metrics (default 0.1)",
+    )
     p.add_argument("--max-patches", type=_positive, metavar="N", help="use at most N patches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -889,11 +917,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "test"],
         default="all",
         help="all: every valid patch (default); test: fit's test split, which on the training "
-        "pair with fit's --patch-size, --max-patches and --seed gives back fit's table",
+        "pair gives back fit's table (the sampling options default to the model's)",
     )
-    p.add_argument("--patch-size", type=_positive, default=32, metavar="PX", help="default 32")
-    p.add_argument("--max-patches", type=_positive, metavar="N", help="score at most N patches")
-    p.add_argument("--seed", type=int, default=0, help="seed of the patch order and split")
+    p.add_argument(
+        "--patch-size", type=_positive, metavar="PX", help=f"default: the model's ({_FIT_SAMPLING})"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        metavar="F",
+        help="share held out by --split test; default: the model's",
+    )
+    p.add_argument(
+        "--max-patches", type=_positive, metavar="N", help="score at most N; default: the model's"
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of the patch order and split; default: the model's"
+    )
     shift = p.add_mutually_exclusive_group()
     shift.add_argument(
         "--coregister",
