@@ -78,6 +78,24 @@ def test_a_few_gross_residuals_move_the_map_little():
     assert np.all(abs(ratio - 1) < 0.08), ratio
 
 
+def test_unmasked_clouds_in_the_validation_do_not_widen_the_clear_pixels_sigma():
+    # The unmasked-cloud pair's case: a share of the validation pixels carry gross
+    # residuals (clouds the mask missed) at σ the head gives clear pixels too. The clear
+    # pixels' σ is what is calibrated; the clouds keep their place through the head's rank.
+    residual, sigma = _heteroscedastic(40, seed=3, bands=1)
+    rng = np.random.default_rng(4)
+    cloudy = rng.random(residual.shape) < 0.12  # about the cloudy pair's validation share
+    hit = residual + cloudy * rng.normal(size=residual.shape) * 6 * sigma
+    cal = fit_calibration(hit[:20], 0 * hit[:20], variance=sigma[:20] ** 2)
+    after = cal.variance(sigma[20:] ** 2, axis=1)
+    clear = ~cloudy[20:]
+    # The quantile reading of the contaminated bins (before the clipping) gave ±1σ 0.925
+    # and ±1.96σ 0.998; clipped at 3σ, 0.718 and 0.959 (the clouds' residuals that fall
+    # within 3σ still widen it a little).
+    assert abs(_coverage(residual[20:][clear], after[clear], 1.0) - 0.6827) < 0.05
+    assert abs(_coverage(residual[20:][clear], after[clear], 1.96) - 0.95) < 0.02
+
+
 def test_empirical_sigma_follows_the_source_brightness():
     # Residual σ grows with brightness (0.002 dark, 0.02 bright): one σ per band would
     # cover the bright pixels too little and the dark ones too much.
