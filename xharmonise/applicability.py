@@ -75,6 +75,7 @@ _MIN_COMPONENT_PIXELS = 200
 _FIT_PIXELS = 20_000  # pixels the mixture is fitted on
 _KNOT_PIXELS = 1 << 18  # pixels its score quantiles are measured on (others than those)
 _EM_STEPS = 30
+_EM_TOLERANCE = 1e-3  # nats per pixel
 _SLAB_VALUES = 1 << 16  # float32 values of the score's largest temporary per slab
 # Tail probabilities of the knots (the smallest kept while 20 sample pixels lie beyond).
 _TAILS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4)
@@ -340,30 +341,45 @@ def _kmeans_pp(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _em(z: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Weights, means and regularised covariances of a k-component mixture (EM)."""
+    """Weights, means and regularised covariances of a k-component mixture (EM, until
+    the mean log-likelihood gains less than ``_EM_TOLERANCE`` a step, or ``_EM_STEPS``)."""
     n_pix, n = z.shape
     eye = np.eye(n) * REGULARISATION
     means = _kmeans_pp(z, k, rng)
     label = ((z[:, None, :] - means[None]) ** 2).sum(axis=2).argmin(axis=1)
     resp = np.zeros((n_pix, k))
     resp[np.arange(n_pix), label] = 1.0
+    covs = np.empty((k, n, n))
+    logp = np.empty((n_pix, k))
+    previous, converged = -np.inf, False
     for step in range(_EM_STEPS + 1):
         nk = resp.sum(axis=0) + 1e-9
         weights = nk / n_pix
         means = (resp.T @ z) / nk[:, None]
-        d = z[:, None, :] - means[None]  # (pixel, component, band)
-        covs = np.einsum("pk,pki,pkj->kij", resp, d, d, optimize=True) / nk[:, None, None]
+        # One (pixel, band) product per component: (pixel, component, band) temporaries
+        # and their einsums cost 3x as much.
+        for j in range(k):
+            d = z - means[j]
+            covs[j] = (d * resp[:, j, None]).T @ d / nk[j]
         covs += eye
-        if step == _EM_STEPS:
+        if step == _EM_STEPS or converged:
             break
         chol = np.linalg.cholesky(covs)
         inv = np.linalg.inv(chol)
         log_det = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        maha = (np.einsum("kij,pkj->pki", inv, d, optimize=True) ** 2).sum(axis=2)
-        logp = np.log(weights + 1e-300) - 0.5 * (log_det + maha)
-        logp -= logp.max(axis=1, keepdims=True)
-        resp = np.exp(logp)
-        resp /= resp.sum(axis=1, keepdims=True)
+        for j in range(k):
+            y = (z - means[j]) @ inv[j].T
+            logp[:, j] = np.einsum("pi,pi->p", y, y)
+        logp *= -0.5
+        logp += np.log(weights + 1e-300) - 0.5 * log_det
+        top = logp.max(axis=1, keepdims=True)
+        resp = np.exp(logp - top)
+        total = resp.sum(axis=1, keepdims=True)
+        resp /= total
+        # The mean log-likelihood (without the constant): EM never lowers it.
+        likelihood = float(np.mean(top + np.log(total)))
+        converged = likelihood - previous < _EM_TOLERANCE
+        previous = likelihood
     keep = weights > 1e-6  # components emptied by EM are dropped
     return weights[keep] / weights[keep].sum(), means[keep], covs[keep]
 
