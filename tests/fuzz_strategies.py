@@ -738,6 +738,9 @@ def _cli_files() -> Path:
         root / "dn.tif"
     )
     pair.mask.astype("uint8").rio.to_raster(root / "mask.tif")
+    # A reference series as files: two dated by their names, one dated by nothing.
+    for name in _SERIES_FILES:
+        pair.ref.rio.to_raster(root / name)
     _model("linear").save(root / "model.safetensors")
     with dask.config.set(scheduler="synchronous"):
         xharmonise.to_zarr(xharmonise.predict(pair.src, _model("linear")), str(root / "store.zarr"))
@@ -747,6 +750,15 @@ def _cli_files() -> Path:
     return root
 
 
+_SERIES_FILES = ("s2_20240601.tif", "s2_2024-06-11.tif", "s2_undated.tif")
+_DATES_FLAGS = {
+    "--ref-dates": _valid_or(
+        ["2024-06-01,2024-06-11", "2024-06-01"], ["x", "2024-13-01,2024-06-11", ",", ""]
+    ),
+    "--src-time": _valid_or(["2024-06-05", "2024-06-11T10:30:00"], ["x", "", "2024-02-30"]),
+    "--dates": _valid_or(["auto", "nearest", "all", "2024-06-11"], ["latest", "", "x,y"]),
+    "--max-days": _valid_or(["5", "30", "0.5"], ["-1", "x", "nan", "inf"]),
+}
 _COUNTS = _valid_or(["1", "2", "5"], ["0", "-1", "2.5", "x", "", "1e3", "99999999999999999999"])
 _FILES = st.sampled_from(_CLI_FILES)
 _CLI_FLAGS = {
@@ -765,6 +777,8 @@ _CLI_FLAGS = {
         "--out": _valid_or(["out.safetensors"], ["missing/m.safetensors", "folder", ""]),
         "--variance": st.none(),
         "--coregister": st.none(),
+        "--test-fraction": _valid_or(["0.1", "0.5"], ["0", "1", "-0.1", "x", "nan"]),
+        **_DATES_FLAGS,
     },
     "predict": {
         "--model": _valid_or(["model.safetensors"], list(_CLI_FILES)),
@@ -791,6 +805,8 @@ _CLI_FLAGS = {
         "--no-coregister": st.none(),
         "--out": _valid_or(["scores.json", "scores.csv"], ["scores.txt", "missing/s.json", ""]),
         "--chunks": _valid_or(["16", "64"], ["0", "x"]),
+        "--test-fraction": _valid_or(["0.1", "0.5"], ["0", "1", "x"]),
+        **_DATES_FLAGS,
     },
     "info": {},
     "report": {"--src": _FILES, "--scale": st.sampled_from(["x", "1e-4"])},
@@ -831,7 +847,12 @@ def _cli_cases(draw: st.DrawFn) -> Case:
         "evaluate": ["src.tif", "ref.tif"],
         "info": ["store.zarr"],
     }
-    if command in usual and draw(st.integers(0, 3)):
+    if command in ("fit", "evaluate") and draw(st.integers(0, 3)) == 0:
+        # A reference time series: several REF files, dated or not, masks per date or not.
+        refs = draw(st.lists(st.sampled_from((*_SERIES_FILES, "ref.tif")), min_size=1, max_size=3))
+        args += ["src.tif", *refs]
+        args += ["--mask=mask.tif"] * draw(st.integers(0, len(refs)))
+    elif command in usual and draw(st.integers(0, 3)):
         args += usual[command]
     else:
         args += [draw(st.sampled_from(pool)) for _ in range(n)]
