@@ -502,7 +502,8 @@ _ZARR_OPTIONS = {
     "resume": _valid_or([False, True], ["yes", None, 2]),
     # Not 1 or 2: thousands of one-pixel inner chunks take seconds to write.
     "inner_chunks": _valid_or([256, 8, 13], [0, -1, 2.5, "8", None, True]),
-    "compression_level": _valid_or([3, 0, 1, 22], [-200, 23, 100, 2.5, "3", None]),
+    "compressor": _valid_or(["zstd", "lz4"], ["blosc", "", None, 3, "LZ4"]),
+    "compression_level": _valid_or([3, 0, 1, 22, None], [-200, 23, 100, 2.5, "3"]),
     "compute": _valid_or([True, False], ["no", None]),
     "progress": st.just(False),
     "storage_options": _valid_or([None, {}], ["x", 3, {"nope": 1}]),
@@ -787,6 +788,7 @@ _CLI_FLAGS = {
         "--overwrite": st.none(),
         "--no-variance": st.none(),
         "--applicability": st.none(),
+        "--compressor": _valid_or(["zstd", "lz4"], ["blosc", "", "LZ4"]),
         "--scale": _valid_or(["1", "0.5"], ["x", "nan", "0", "-1"]),
         "--offset": _valid_or(["0", "-0.01"], ["x", "inf"]),
         "--chunks": _valid_or(["16", "32"], ["0", "x"]),

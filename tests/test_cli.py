@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 import rioxarray
 import xarray as xr
+import zarr
 from conftest import BUCKET, FailAfter, dashboard_port_taken, local_cluster
 from dask.utils import key_split
 
@@ -219,6 +220,12 @@ def test_predict_equals_library_and_info_describes_it(files, linear_fit, tmp_pat
     assert back_var["variance"].attrs["variance_kind"] == "empirical"
     expected = xharmonise.predict(_open(files["src"]), xharmonise.load(model), with_variance=True)
     np.testing.assert_array_equal(back_var["variance"].values, expected["variance"].values)
+    # --compressor lz4: the same values, in Blosc lz4 shards.
+    fast = tmp_path / "lz4.zarr"
+    _ok(xh("predict", files["src"], "-m", model, "-o", fast, "--compressor", "lz4", "-q"))
+    np.testing.assert_array_equal(xr.open_zarr(fast)["prediction"].values, back["prediction"])
+    inner = zarr.open_group(fast, mode="r")["prediction"].metadata.codecs[0].codecs
+    assert "blosc" in [c.to_dict()["name"] for c in inner]
     # --applicability adds the (y, x) applicability, as the library computes it.
     with_app = tmp_path / "app.zarr"
     _ok(xh("predict", files["src"], "-m", model, "-o", with_app, "--applicability", "-q"))

@@ -55,6 +55,38 @@ def test_store_is_v3_sharded_and_compressed(prediction, tmp_path):
     assert "zstd" in [c.to_dict()["name"] for c in inner]
 
 
+@pytest.mark.parametrize("level", [None, 1])
+def test_lz4_store_reads_back_identically_with_its_codec(prediction, tmp_path, level):
+    pair, out = prediction
+    path = tmp_path / "lz4.zarr"
+    xharmonise.to_zarr(out, str(path), compressor="lz4", compression_level=level)
+    inner = zarr.open_group(path, mode="r")["prediction"].metadata.codecs[0].codecs
+    (blosc,) = [c.to_dict() for c in inner if c.to_dict()["name"] == "blosc"]
+    assert blosc["configuration"]["cname"] == "lz4"
+    assert blosc["configuration"]["shuffle"] == "shuffle"
+    assert blosc["configuration"]["clevel"] == (5 if level is None else level)
+    back = xr.open_zarr(path)
+    for name in out.data_vars:
+        np.testing.assert_array_equal(back[name].values, out[name].values)
+    assert back.rio.crs == pair.src.rio.crs
+    assert back["prediction"].rio.transform() == pair.src.rio.transform()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"compressor": "blosc"}, "compressor"),
+        ({"compressor": "lz4", "compression_level": 22}, "compression_level"),
+        ({"compressor": "zstd", "compression_level": 23}, "compression_level"),
+    ],
+)
+def test_a_compressor_or_level_it_does_not_have_is_refused(prediction, tmp_path, options, says):
+    _, out = prediction
+    with pytest.raises(xharmonise.InputValueError, match=says):
+        xharmonise.to_zarr(out, str(tmp_path / "x.zarr"), **options)
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_existing_store_is_refused_unless_mode_w(prediction, tmp_path):
     _, out = prediction
     path = str(tmp_path / "out.zarr")
