@@ -305,6 +305,11 @@ def _calibrated(
 
     if not isinstance(out, da.Array):
         return planes(np.asarray(out), np.asarray(src))
+    if calibration.kind == "head":
+        # The head's σ² alone: no source block held in memory for it.
+        return out[n:].map_blocks(
+            calibration.variance, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32)
+        )
     lazy_src = da.asarray(src).rechunk({0: -1, 1: out.chunks[1], 2: out.chunks[2]})
     return da.map_blocks(
         planes,
