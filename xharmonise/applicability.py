@@ -358,8 +358,8 @@ def _em(z: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, ..
         means = (resp.T @ z) / nk[:, None]
         # One (pixel, band) product per component: (pixel, component, band) temporaries
         # and their einsums cost 3x as much.
-        for j in range(k):
-            d = z - means[j]
+        diffs = [z - m for m in means]  # the E-step below measures from the same means
+        for j, d in enumerate(diffs):
             covs[j] = (d * resp[:, j, None]).T @ d / nk[j]
         covs += eye
         if step == _EM_STEPS or converged:
@@ -367,8 +367,8 @@ def _em(z: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, ..
         chol = np.linalg.cholesky(covs)
         inv = np.linalg.inv(chol)
         log_det = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        for j in range(k):
-            y = (z - means[j]) @ inv[j].T
+        for j, d in enumerate(diffs):
+            y = d @ inv[j].T
             logp[:, j] = np.einsum("pi,pi->p", y, y)
         logp *= -0.5
         logp += np.log(weights + 1e-300) - 0.5 * log_det
