@@ -285,7 +285,7 @@ _CLIPPED_SECOND_MOMENT = 1 - 2 * CLIP * math.exp(-(CLIP**2) / 2) / math.sqrt(2 *
 def _clipped_sigma(residual: np.ndarray) -> float:
     """σ of a head's bin: the root mean square of the residuals within ±CLIP σ, corrected
     for the clipping, iterated from the quantile reading until σ settles."""
-    a2 = np.square(np.abs(residual))
+    a2 = np.square(residual)
     sigma = _bin_sigma(residual)
     for _ in range(100):
         inside = a2[a2 < (CLIP * sigma) ** 2]
