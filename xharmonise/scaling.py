@@ -7,10 +7,12 @@ baseline 04.00). Everything downstream works on float32 reflectance with NaN at 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import dask.array
 import numpy as np
 import xarray as xr
 
@@ -277,6 +279,20 @@ def _nodata_of(da: xr.DataArray, name: str = "the input") -> float | None:
     return None if nd is None else float(nd)
 
 
+def _dn_to_reflectance(
+    block: np.ndarray, *, nodata: float | None, scale: float, offset: float
+) -> np.ndarray:
+    # In one task per chunk, in float32 throughout: xarray's where/astype/multiply/add
+    # made five tasks and a float64 copy of integer DN; the same float32 arithmetic, in
+    # the same order, so the values are identical.
+    out = block.astype(np.float32)
+    out *= np.float32(scale)
+    out += np.float32(offset)
+    if nodata is not None:
+        out[block == nodata] = np.nan
+    return out
+
+
 def to_reflectance(
     da: xr.DataArray,
     *,
@@ -342,10 +358,15 @@ def to_reflectance(
             )
         scale = 1.0
     nodata = _nodata_of(da, name)
-    values = da
-    if nodata is not None and not np.isnan(nodata):
-        values = values.where(values != nodata)
-    out = (values.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
+    if nodata is not None and np.isnan(nodata):
+        nodata = None  # NaN is NaN already
+    convert = functools.partial(_dn_to_reflectance, nodata=nodata, scale=scale, offset=offset)
+    data = da.data
+    if isinstance(data, dask.array.Array):
+        meta = np.empty((0,) * da.ndim, np.float32)
+        out = da.copy(data=dask.array.map_blocks(convert, data, dtype=np.float32, meta=meta))
+    else:
+        out = da.copy(data=convert(np.asarray(data)))
     out.attrs = {
         k: v
         for k, v in da.attrs.items()
