@@ -351,16 +351,18 @@ def _run_pixels(block: np.ndarray, spec: dict[str, Any], n_out: int) -> np.ndarr
     # (pixel, band) rows: the layout of the matmuls; the block's planes are transposed
     # once here and back once at the end (4 floats per pixel, negligible next to the MLP).
     pixels = np.ascontiguousarray(block.reshape(nb, -1).T, dtype=np.float32)
-    valid = np.isfinite(pixels).all(axis=1)
+    # The whole block first: a reduction along the 4-wide pixel rows costs 40x more, and
+    # most blocks hold no no-data at all.
+    all_valid = bool(np.isfinite(block).all())
     n_head = kernel.bh.shape[0]
     out = np.full((h * w, 2 * n_out), np.nan, np.float32)
-    if valid.all():
+    if all_valid:
         res = out if n_head == 2 * n_out else np.empty((h * w, n_head), np.float32)
         with _torch_threads(_task_threads()):
             kernel(pixels, out=res)
         if res is not out:
             out[:, :n_out] = res
-    elif valid.any():
+    elif (valid := np.isfinite(pixels).all(axis=1)).any():
         # Only valid pixels go through the network: no-data costs nothing and stays NaN.
         idx = np.flatnonzero(valid)
         res = np.empty((idx.size, n_head), np.float32)
