@@ -19,13 +19,21 @@ head (``build_model("calibnet", 4, variance=True, seed=0)``):
     cluster does, with the stores compared value for value; and ``compute()`` of (b),
     which ships every result to the client (8 float32 per pixel through a socket), with
     distributed's default ``MALLOC_TRIM_THRESHOLD_=65536`` in the workers and without it;
+(e) the ratios (b) and (c) are judged by: the kernel on (c)'s scene held in memory as
+    (P, 4) float32 (the same pixels, into a preallocated output), in one call on torch's
+    own threads and split in one slice per core on one torch thread each (the regime of
+    the Dask tasks), the faster of the two per round; (b), (c) and (c) with lz4; each
+    timed once per round in ``2 * repeat`` rounds after a warm-up, the order rotated
+    every round; each ratio is the median of the rounds' own (a slow spell of the shared
+    machine hits a round's runs alike, where best-of figures taken minutes apart differ by
+    10-20 % on this VM);
 
 plus the MLP's achieved GFLOP/s (from the layer sizes) against a measured fp32 matmul
 peak (P x 320 by 320 x 320 into a preallocated output, best of several).
 
 Targets: kernel >= 1.5x eager and >= 60 % of the matmul rate; (b) and (c) >= 0.9x the
-kernel's in-memory rate; the cluster's GeoTIFF → Zarr >= 0.9x the threaded one's. Each is
-recorded as met or not.
+kernel's in-memory rate (paired, (e)); the cluster's GeoTIFF → Zarr >= 0.9x the threaded
+one's. Each is recorded as met or not.
 
 Usage: python benchmarks/inference.py [--pixels 65536] [--size 2048] [--chunks 512]
        [--repeat 3] [--no-cluster]
@@ -39,9 +47,11 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -151,6 +161,27 @@ def _uncertainty_cost(write: Callable[[bool], None], repeat: int) -> dict[str, A
         "throughput_lost_best": 1 - without / with_,
         "throughput_lost": float(np.median(pairs)),
     }
+
+
+def _paired(
+    runs: dict[str, Callable[[], Any]], rounds: int, between: Callable[[], None]
+) -> dict[str, list[float]]:
+    """(e): seconds of each run, once per round after a warm-up of each, the order
+    rotated every round so that no run always follows the same one; ``between`` (untimed)
+    after every run."""
+    names = list(runs)
+    seconds: dict[str, list[float]] = {k: [] for k in names}
+    with dask.config.set(scheduler="threads"):
+        for fn in runs.values():
+            fn()
+            between()
+        for i in range(rounds):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                t0 = time.perf_counter()
+                runs[name]()
+                seconds[name].append(time.perf_counter() - t0)
+                between()
+    return seconds
 
 
 def _mlp_flops(net: torch.nn.Module) -> int:
@@ -278,21 +309,25 @@ def _zarr_on_cluster(
 
     with _local_cluster() as client:
         # Alternate so that a slow spell of the shared machine hits both alike.
-        for _ in range(repeat + 1):
-            with dask.config.set(scheduler="threads"):
-                _one("threads")
-            with dask.config.set(scheduler=client.get):
-                _one("cluster")
+        for i in range(2 * repeat + 1):
+            for kind in ("threads", "cluster") if i % 2 == 0 else ("cluster", "threads"):
+                with dask.config.set(scheduler="threads" if kind == "threads" else client.get):
+                    _one(kind)
     threads, cluster = xr.open_zarr(stores["threads"]), xr.open_zarr(stores["cluster"])
     identical = all(
         np.array_equal(threads[n].values, cluster[n].values, equal_nan=True)
         for n in threads.data_vars
     )
-    # Best of the timed runs, after the first (warm-up: imports, the model's shipping).
+    # Best of the timed runs, after the first (warm-up: imports, the model's shipping);
+    # the ratio is the median of each turn's own, as (e)'s.
     best = {k: min(v[1:]) for k, v in runs.items()}
+    ratios = [t / c for t, c in zip(runs["threads"][1:], runs["cluster"][1:], strict=True)]
     return {
         "threads": {"seconds": best["threads"], "pixels_per_s": n_px / best["threads"]},
         "cluster": {"seconds": best["cluster"], "pixels_per_s": n_px / best["cluster"]},
+        "runs": runs,
+        "ratios": ratios,
+        "median_ratio": float(np.median(ratios)),
         "identical": identical,
     }
 
@@ -412,6 +447,66 @@ def main() -> None:
             f"{app['throughput_lost']:.1%} slower"
         )
 
+        # (e) the kernel on (c)'s pixels in memory, paired with (b), (c) and (c) in lz4.
+        dn = _open_geotiff(tif, args.chunks).values.reshape(len(BANDS), -1)
+        pixels = np.ascontiguousarray(dn.T.astype(np.float32) * np.float32(DN_SCALE))
+        kernel_out = np.empty((n_px, 2 * len(BANDS)), np.float32)
+        cores = os.cpu_count() or 1
+        pool = ThreadPoolExecutor(cores)
+
+        def _kernel_split() -> None:
+            # The pipeline's own regime: one slice per core, each on one torch thread.
+            saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                parts = np.array_split(np.arange(n_px), cores)
+                done = [
+                    pool.submit(kernel, pixels[p[0] : p[-1] + 1], kernel_out[p[0] : p[-1] + 1])
+                    for p in parts
+                ]
+                for f in done:
+                    f.result()
+            finally:
+                torch.set_num_threads(saved)
+
+        def _drop_stores() -> None:
+            while stores:
+                shutil.rmtree(stores.pop(), ignore_errors=True)
+
+        _drop_stores()
+        seconds = _paired(
+            {
+                "kernel": lambda: kernel(pixels, out=kernel_out),
+                "kernel_split": _kernel_split,
+                "dask": lambda: lazy.compute(),
+                "zarr": _geotiff_to_zarr,
+                "zarr_lz4": lambda: _geotiff_to_zarr(compressor="lz4"),
+            },
+            2 * args.repeat,
+            between=_drop_stores,
+        )
+        pool.shutdown()
+        # Each round's kernel is the faster of its two regimes on this machine.
+        best_kernel = np.minimum(seconds["kernel"], seconds["kernel_split"]).tolist()
+        ratios = {
+            k: [a / b for a, b in zip(best_kernel, seconds[k], strict=True)]
+            for k in ("dask", "zarr", "zarr_lz4")
+        }
+        res["e_paired"] = {
+            "rounds": 2 * args.repeat,
+            "seconds": seconds,
+            "kernel_pixels_per_s": n_px / float(np.median(best_kernel)),
+            "ratios_to_kernel": ratios,
+            "median_ratio_to_kernel": {k: float(np.median(v)) for k, v in ratios.items()},
+        }
+        print(
+            "(e) paired with the kernel on the same pixels in memory ("
+            f"{res['e_paired']['kernel_pixels_per_s']:,.0f} px/s, median): "
+            + ", ".join(
+                f"{k} {v:.2f}x" for k, v in res["e_paired"]["median_ratio_to_kernel"].items()
+            )
+        )
+
         # (d) a 2-process LocalCluster against the threaded scheduler.
         if not args.no_cluster:
             res["d_local_cluster"] = {
@@ -429,12 +524,13 @@ def main() -> None:
                 v = res["d_local_cluster"][k]
                 print(f"(d) LocalCluster 2x1 {k}: {v['pixels_per_s']:,.0f} px/s")
 
+    paired = res["e_paired"]["median_ratio_to_kernel"]
     res["targets"] = {
         "kernel_vs_eager": {"ratio": kernel_rate / eager_rate, "target": 1.5},
         "kernel_vs_matmul_peak": {"ratio": kernel_gflops / mm_gflops, "target": 0.6},
-        "dask_vs_kernel": {"ratio": n_px / dask_s / kernel_rate, "target": 0.9},
-        "zarr_vs_kernel": {"ratio": n_px / zarr_s / kernel_rate, "target": 0.9},
-        "zarr_lz4_vs_kernel": {"ratio": n_px / lz4_s / kernel_rate, "target": 0.9},
+        "dask_vs_kernel": {"ratio": paired["dask"], "target": 0.9},
+        "zarr_vs_kernel": {"ratio": paired["zarr"], "target": 0.9},
+        "zarr_lz4_vs_kernel": {"ratio": paired["zarr_lz4"], "target": 0.9},
         # Throughput with calibration and applicability over without: at least 0.95.
         "zarr_uncertainty_vs_without": {
             "ratio": 1 - res["c_geotiff_to_zarr"]["uncertainty"]["throughput_lost"],
@@ -444,7 +540,7 @@ def main() -> None:
     if not args.no_cluster:
         z = res["d_local_cluster"]["geotiff_to_zarr"]
         res["targets"]["cluster_vs_threads_zarr"] = {
-            "ratio": z["cluster"]["pixels_per_s"] / z["threads"]["pixels_per_s"],
+            "ratio": z["median_ratio"],
             "target": 0.9,
         }
     for k, v in res["targets"].items():
