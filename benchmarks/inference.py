@@ -136,39 +136,15 @@ def _with_uncertainty(model: Harmoniser) -> Harmoniser:
     return Harmoniser(mapping=mapping, fit_report=model.fit_report)
 
 
-def _uncertainty_cost(write: Callable[[bool], None], repeat: int) -> dict[str, Any]:
-    """(c) without and with calibration and applicability, in ``2 * repeat`` pairs after a
-    warm-up of each, the order swapped every pair; the throughput lost is the median of
-    the pairs' own (a slow spell of the shared machine hits both runs of a pair alike),
-    beside the best of each."""
-    runs: dict[bool, list[float]] = {False: [], True: []}
-    with dask.config.set(scheduler="threads"):
-        write(False)
-        write(True)
-        for i in range(2 * repeat):
-            for flag in (False, True) if i % 2 == 0 else (True, False):
-                t0 = time.perf_counter()
-                write(flag)
-                runs[flag].append(time.perf_counter() - t0)
-    pairs = [1 - a / b for a, b in zip(runs[False], runs[True], strict=True)]
-    without, with_ = min(runs[False]), min(runs[True])
-    return {
-        "seconds_without": without,
-        "seconds_with": with_,
-        "runs_without": runs[False],
-        "runs_with": runs[True],
-        "throughput_lost_pairs": pairs,
-        "throughput_lost_best": 1 - without / with_,
-        "throughput_lost": float(np.median(pairs)),
-    }
-
-
 def _paired(
-    runs: dict[str, Callable[[], Any]], rounds: int, between: Callable[[], None]
+    runs: dict[str, Callable[[], Any]],
+    rounds: int,
+    between: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
-    """(e): seconds of each run, once per round after a warm-up of each, the order
-    rotated every round so that no run always follows the same one; ``between`` (untimed)
-    after every run."""
+    """Seconds of each run, once per round after a warm-up of each, the order rotated every
+    round so that no run always follows the same one (with two runs: swapped), on the
+    threaded scheduler unless a run picks its own; ``between`` (untimed) after every run.
+    (c)'s uncertainty cost, (d)'s cluster turns and (e) are timed this way."""
     names = list(runs)
     seconds: dict[str, list[float]] = {k: [] for k in names}
     with dask.config.set(scheduler="threads"):
@@ -182,6 +158,26 @@ def _paired(
                 seconds[name].append(time.perf_counter() - t0)
                 between()
     return seconds
+
+
+def _uncertainty_cost(write: Callable[[bool], None], repeat: int) -> dict[str, Any]:
+    """(c) without and with calibration and applicability, in ``2 * repeat`` pairs after a
+    warm-up of each, the order swapped every pair; the throughput lost is the median of
+    the pairs' own (a slow spell of the shared machine hits both runs of a pair alike),
+    beside the best of each."""
+    seconds = _paired({"without": lambda: write(False), "with": lambda: write(True)}, 2 * repeat)
+    runs = {False: seconds["without"], True: seconds["with"]}
+    pairs = [1 - a / b for a, b in zip(runs[False], runs[True], strict=True)]
+    without, with_ = min(runs[False]), min(runs[True])
+    return {
+        "seconds_without": without,
+        "seconds_with": with_,
+        "runs_without": runs[False],
+        "runs_with": runs[True],
+        "throughput_lost_pairs": pairs,
+        "throughput_lost_best": 1 - without / with_,
+        "throughput_lost": float(np.median(pairs)),
+    }
 
 
 def _mlp_flops(net: torch.nn.Module) -> int:
@@ -294,34 +290,33 @@ def _zarr_on_cluster(
     model: Harmoniser, tif: Path, chunks: int, repeat: int, tmp: Path
 ) -> dict[str, Any]:
     """(d): GeoTIFF → Zarr on the threaded scheduler and on a LocalCluster, in turn."""
-    n_px = 0
-    runs = {"threads": [], "cluster": []}
-    stores: dict[str, Path] = {}
+    img = _open_geotiff(tif, chunks)
+    n_px = img.shape[1] * img.shape[2]
+    stores: dict[str, list[Path]] = {"threads": [], "cluster": []}
 
-    def _one(kind: str) -> None:
-        nonlocal n_px
-        img = _open_geotiff(tif, chunks)
-        n_px = img.shape[1] * img.shape[2]
-        stores[kind] = tmp / f"{kind}{len(runs[kind])}.zarr"
-        t0 = time.perf_counter()
-        xharmonise.to_zarr(xharmonise.predict(img, model), stores[kind], progress=False)
-        runs[kind].append(time.perf_counter() - t0)
+    def _one(kind: str, scheduler: Any) -> None:
+        stores[kind].append(tmp / f"{kind}{len(stores[kind])}.zarr")
+        with dask.config.set(scheduler=scheduler):
+            xharmonise.to_zarr(xharmonise.predict(img, model), stores[kind][-1], progress=False)
 
     with _local_cluster() as client:
         # Alternate so that a slow spell of the shared machine hits both alike.
-        for i in range(2 * repeat + 1):
-            for kind in ("threads", "cluster") if i % 2 == 0 else ("cluster", "threads"):
-                with dask.config.set(scheduler="threads" if kind == "threads" else client.get):
-                    _one(kind)
-    threads, cluster = xr.open_zarr(stores["threads"]), xr.open_zarr(stores["cluster"])
+        runs = _paired(
+            {
+                "threads": lambda: _one("threads", "threads"),
+                "cluster": lambda: _one("cluster", client.get),
+            },
+            2 * repeat,
+        )
+    threads, cluster = xr.open_zarr(stores["threads"][-1]), xr.open_zarr(stores["cluster"][-1])
     identical = all(
         np.array_equal(threads[n].values, cluster[n].values, equal_nan=True)
         for n in threads.data_vars
     )
-    # Best of the timed runs, after the first (warm-up: imports, the model's shipping);
-    # the ratio is the median of each turn's own, as (e)'s.
-    best = {k: min(v[1:]) for k, v in runs.items()}
-    ratios = [t / c for t, c in zip(runs["threads"][1:], runs["cluster"][1:], strict=True)]
+    # Best of the timed runs (after the warm-up: imports, the model's shipping); the ratio
+    # is the median of each turn's own, as (e)'s.
+    best = {k: min(v) for k, v in runs.items()}
+    ratios = [t / c for t, c in zip(runs["threads"], runs["cluster"], strict=True)]
     return {
         "threads": {"seconds": best["threads"], "pixels_per_s": n_px / best["threads"]},
         "cluster": {"seconds": best["cluster"], "pixels_per_s": n_px / best["cluster"]},
@@ -459,10 +454,13 @@ def main() -> None:
             saved = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                parts = np.array_split(np.arange(n_px), cores)
                 done = [
-                    pool.submit(kernel, pixels[p[0] : p[-1] + 1], kernel_out[p[0] : p[-1] + 1])
-                    for p in parts
+                    pool.submit(kernel, x, out)
+                    for x, out in zip(
+                        np.array_split(pixels, cores),
+                        np.array_split(kernel_out, cores),
+                        strict=True,
+                    )
                 ]
                 for f in done:
                     f.result()
