@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from xharmonise.training import (
     PAPER_RECIPE,
     PatchSet,
     TrainResult,
+    _improves,
     default_budget,
     resolve_device,
     train,
@@ -281,3 +284,13 @@ def test_reference_masked_everywhere_or_infinite_is_refused() -> None:
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="infinite"):
         train(_small_calibnet(), PatchSet(tr.src, bad), va, **FAST)
+
+
+def test_a_plateau_of_a_negative_loss_counts_as_a_plateau():
+    # A trained head's Gaussian NLL is negative: a loss no better than the plateau's, or
+    # slightly worse, must not reset the patience, as it does for a positive loss.
+    for ref in (-5.0, 5.0):
+        assert not _improves(ref, ref, 1e-3)
+        assert not _improves(ref + 1e-4, ref, 1e-3)
+        assert _improves(ref - 0.01 * abs(ref), ref, 1e-3)
+    assert _improves(-5.0, math.inf, 1e-3)

@@ -363,7 +363,7 @@ def train(
             if val_loss < best_loss:
                 best_loss, best_iteration = val_loss, step
                 best_state = copy.deepcopy(net.state_dict())
-            if val_loss < plateau_ref * (1.0 - cfg.min_rel_improvement):
+            if _improves(val_loss, plateau_ref, cfg.min_rel_improvement):
                 plateau_ref, stale = val_loss, 0
             else:
                 stale += 1
@@ -424,6 +424,24 @@ def _effective_config(
     if cfg.patience < 0 or (cfg.pixels_per_step is not None and cfg.pixels_per_step < 1):
         raise ValueError(f"invalid training configuration {cfg}")
     return cfg
+
+
+def _improves(loss: float, reference: float, min_rel: float) -> bool:
+    """Whether ``loss`` is below ``reference`` by at least ``min_rel`` of its magnitude.
+
+    A variance head's Gaussian NLL is negative once σ is small: ``reference * (1 -
+    min_rel)`` would then lie above ``reference``, count a slightly worse loss as an
+    improvement and move the plateau's reference up, so early stopping never saw a
+    plateau.
+
+    Examples
+    --------
+    >>> _improves(-5.0, -5.0, 1e-3), _improves(-5.01, -5.0, 1e-3), _improves(0.9, 1.0, 1e-3)
+    (False, True, True)
+    """
+    if not math.isfinite(reference):
+        return loss < reference
+    return loss < reference - min_rel * abs(reference)
 
 
 def _cosine_factor(step: int, total: int, final_fraction: float) -> float:
