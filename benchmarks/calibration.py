@@ -11,17 +11,22 @@ without a head one σ² per band (the validation residuals' mean square).
 
 Models: linear and CalibNet without a head (300 steps), CalibNet with the head at 300
 steps and at the CPU budget (3000 steps), BCNet with the head at 1000 steps; when named,
-CalibNet with the head at 10000 steps. Writes ``benchmarks/results/calibration.json``.
+CalibNet with the head at 10000 steps and BCNet with the head at its CPU budget (3600) and
+at 10000 steps. Writes ``benchmarks/results/calibration.json``.
 
-Run: ``python benchmarks/calibration.py [PAIR[:MODEL,...] ...]`` (PAIR toc, toa or
-cloudy; about 4 minutes of CPU per pair at one thread); the pairs (and models) given are
-(re)measured, the others' figures are kept.
+Run: ``python benchmarks/calibration.py [--seeds N,...] [--size PX] [PAIR[:MODEL,...] ...]``
+(PAIR toc, toa or cloudy; about 6 minutes of CPU per pair at one thread); the pairs (and
+models) given are (re)measured, the others' figures are kept. ``--seeds`` trains with
+other seeds (default 0) and ``--size`` simulates another pair size (default 1000): their
+entries are named ``PAIR/MODEL/seedN`` and ``PAIR/MODEL/PXpx``, so that how much of a
+coverage figure is the training's luck or the test split's sample can be read beside it.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,9 +50,13 @@ MODELS = {  # name: (method, variance head, iterations)
     "calibnet_head_3000": ("calibnet", True, 3000),
     "bcnet_head_1000": ("bcnet", True, 1000),
 }
-#: Beyond the CPU budget, only when named (``cloudy:calibnet_head_10000``: about 6 minutes
-#: of CPU): does a longer-trained head reach the ±1σ coverage the 3000-step one misses?
-LONG = {"calibnet_head_10000": ("calibnet", True, 10000)}
+#: Only when named (``cloudy:calibnet_head_10000``: about 5 minutes of CPU): heads trained
+#: for 10000 steps, and BCNet's at its whole CPU budget.
+LONG = {
+    "calibnet_head_10000": ("calibnet", True, 10000),
+    "bcnet_head_3600": ("bcnet", True, 3600),
+    "bcnet_head_10000": ("bcnet", True, 10000),
+}
 
 
 def _coverage(residual: np.ndarray, variance: np.ndarray) -> list[float]:
@@ -63,24 +72,16 @@ def _clear_test_pixels(pair: Any, prepared: stages.PreparedPair, data: stages.Tr
     return sampling.windows(data.index, data.test_cells, share) < 1e-3
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], seeds: list[int], size: int) -> None:
     torch.set_num_threads(1)
-    results: dict[str, Any] = {}
-    if RESULTS.exists():
-        results = json.loads(RESULTS.read_text(encoding="utf-8"))
-    results["config"] = {
-        "size": SIZE,
-        "seed": SEED,
-        "patch_size": PATCH,
-        "models": MODELS | LONG,
-    }
+    _record("config", {"size": SIZE, "seed": SEED, "patch_size": PATCH, "models": MODELS | LONG})
     for arg in names:
         pair_name, _, chosen = arg.partition(":")
         options = PAIRS[pair_name]
         models = {k: (MODELS | LONG)[k] for k in chosen.split(",")} if chosen else MODELS
-        pair = simulate_pair((SIZE, SIZE), seed=SEED, **options)
+        pair = simulate_pair((size, size), seed=SEED, **options)
         paired = stages.reflectance_pair(pair.src, pair.ref)
-        for name, (method, head, iterations) in models.items():
+        for (name, (method, head, iterations)), seed in itertools.product(models.items(), seeds):
             spec = method_spec(method)
             prepared = stages.prepare_pair(
                 paired, mask=None, coregister=False, measure=spec.measures_shift, seed=0
@@ -101,7 +102,7 @@ def main(names: list[str]) -> None:
                     variance=head,
                     iterations=iterations,
                     batch_size=None,
-                    seed=0,
+                    seed=seed,
                     device="cpu",
                     progress=False,
                 )
@@ -123,6 +124,10 @@ def main(names: list[str]) -> None:
                 "train_cpu_seconds": round(seconds, 1),
                 "calibration_cpu_seconds": round(cal_seconds, 3),
                 "clear_test_pixels": int(clear.sum()),
+                "clear_test_rmse": [
+                    round(float(np.sqrt(np.mean(residual[:, b][clear] ** 2))), 5)
+                    for b in range(residual.shape[1])
+                ],
                 "levels": list(LEVELS),
             }
             for stage, var in (("before", before), ("after", after)):
@@ -130,11 +135,24 @@ def main(names: list[str]) -> None:
                     band: _coverage(residual[:, b][clear], var[:, b][clear])
                     for b, band in enumerate(paired.ref_bands)
                 }
-            results[f"{pair_name}/{name}"] = entry
-            print(pair_name, name, json.dumps({k: entry[k] for k in ("before", "after")}))
-            RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+            key = f"{pair_name}/{name}" + (f"/seed{seed}" if seed else "")
+            key += f"/{size}px" if size != SIZE else ""
+            print(key, json.dumps({k: entry[k] for k in ("before", "after")}))
+            _record(key, entry)
+
+
+def _record(key: str, entry: dict[str, Any]) -> None:
+    """Write one entry into the results, read afresh: runs of other pairs or seeds may
+    have written theirs meanwhile."""
+    results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    results[key] = entry
     RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(PAIRS))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs", nargs="*", default=list(PAIRS), help="PAIR[:MODEL,...]")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    parser.add_argument("--size", type=int, default=SIZE, help="pair size in source pixels")
+    args = parser.parse_args()
+    main(args.pairs, [int(v) for v in args.seeds.split(",")], args.size)
