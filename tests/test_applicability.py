@@ -95,7 +95,15 @@ def test_a_dask_source_gives_the_same_values_lazily_on_its_chunks(model, scene):
     assert var.chunks == lazy_src.chunks[1:]
     with pytest.warns(OutOfDomainWarning):
         eager = xharmonise.predict(full.src, model, with_applicability=True)
-    np.testing.assert_array_equal(var.values, eager["applicability"].values)
+    # Equal to float32 rounding, not bit for bit: the score's matrix products run in
+    # BLAS, whose kernels treat a pixel by where it falls in the product (a full tile or
+    # an edge), and chunks move that. On an AVX-512 (bf16) EPYC, 0.6 % of the pixels'
+    # scores differed in the last place, which the tail's exp makes 1e-6 relative.
+    lazy_a, eager_a = var.values, eager["applicability"].values
+    np.testing.assert_allclose(lazy_a, eager_a, rtol=1e-5, atol=0)
+    assert np.array_equal(np.isnan(lazy_a), np.isnan(eager_a))
+    ok = ~np.isnan(eager_a)
+    assert np.mean(lazy_a[ok] != eager_a[ok]) < 0.01
 
 
 def test_no_data_is_nan_and_the_input_is_left_alone(model):
