@@ -25,7 +25,6 @@ coverage figure is the training's luck or the test split's sample can be read be
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from xharmonise import grid, psf, sampling, stages
 from xharmonise.calibration import LEVELS
 from xharmonise.models.linear import apply_linear
+from xharmonise.models.registry import Method
 from xharmonise.models.registry import method as method_spec
 from xharmonise.simulate import simulate_pair
 
@@ -81,8 +81,9 @@ def main(names: list[str], seeds: list[int], size: int) -> None:
         models = {k: (MODELS | LONG)[k] for k in chosen.split(",")} if chosen else MODELS
         pair = simulate_pair((size, size), seed=SEED, **options)
         paired = stages.reflectance_pair(pair.src, pair.ref)
-        for (name, (method, head, iterations)), seed in itertools.product(models.items(), seeds):
+        for name, (method, head, iterations) in models.items():
             spec = method_spec(method)
+            # The pair's preparation, patches and clear mask do not depend on the seed.
             prepared = stages.prepare_pair(
                 paired, mask=None, coregister=False, measure=spec.measures_shift, seed=0
             )
@@ -90,55 +91,71 @@ def main(names: list[str], seeds: list[int], size: int) -> None:
                 prepared, spec, patch_size=PATCH, test_fraction=0.1, max_patches=None, seed=0
             )
             clear = _clear_test_pixels(pair, prepared, data)
-            t0 = time.process_time()
-            linear = stages.fit_baseline(data)
-            trained = None
-            if spec.neural:
-                trained = stages.train_network(
-                    prepared,
-                    data,
-                    spec,
-                    linear,
-                    variance=head,
-                    iterations=iterations,
-                    batch_size=None,
-                    seed=seed,
-                    device="cpu",
-                    progress=False,
-                )
-            seconds = time.process_time() - t0
-            t0 = time.process_time()
-            cal = stages.calibrate(data, linear, trained)
-            cal_seconds = time.process_time() - t0
-            held = data.held_out
-            if trained is None:
-                prediction = apply_linear(linear, held.src, axis=1)
-            else:
-                prediction = trained.prediction
-            before, after = stages.variance_before_after(data, linear, trained, cal, prediction)
-            residual = prediction - held.ref
-            entry: dict[str, Any] = {
-                "kind": cal.kind,
-                "validation_patches": cal.patches,
-                "knots_per_band": [len(k) for k in cal.knots],
-                "train_cpu_seconds": round(seconds, 1),
-                "calibration_cpu_seconds": round(cal_seconds, 3),
-                "clear_test_pixels": int(clear.sum()),
-                "clear_test_rmse": [
-                    round(float(np.sqrt(np.mean(residual[:, b][clear] ** 2))), 5)
-                    for b in range(residual.shape[1])
-                ],
-                "levels": list(LEVELS),
-            }
-            for stage, var in (("before", before), ("after", after)):
-                entry[stage] = {
-                    band: _coverage(residual[:, b][clear], var[:, b][clear])
-                    for b, band in enumerate(paired.ref_bands)
-                }
-            key = f"{pair_name}/{name}" + (f"/seed{seed}" if seed else "")
-            key += f"/{size}px" if size != SIZE else ""
-            print(key, json.dumps({k: entry[k] for k in ("before", "after")}))
-            _record(key, entry)
+            for seed in seeds:
+                entry = _measure(prepared, data, spec, clear, head, iterations, seed)
+                key = f"{pair_name}/{name}" + (f"/seed{seed}" if seed else "")
+                key += f"/{size}px" if size != SIZE else ""
+                print(key, json.dumps({k: entry[k] for k in ("before", "after")}))
+                _record(key, entry)
+
+
+def _measure(
+    prepared: stages.PreparedPair,
+    data: stages.TrainingData,
+    spec: Method,
+    clear: np.ndarray,
+    head: bool,
+    iterations: int | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Fit one model with one training seed, calibrate it and score it on the clear test
+    pixels."""
+    t0 = time.process_time()
+    linear = stages.fit_baseline(data)
+    trained = None
+    if spec.neural:
+        trained = stages.train_network(
+            prepared,
+            data,
+            spec,
+            linear,
+            variance=head,
+            iterations=iterations,
+            batch_size=None,
+            seed=seed,
+            device="cpu",
+            progress=False,
+        )
+    seconds = time.process_time() - t0
+    t0 = time.process_time()
+    cal = stages.calibrate(data, linear, trained)
+    cal_seconds = time.process_time() - t0
+    held = data.held_out
+    if trained is None:
+        prediction = apply_linear(linear, held.src, axis=1)
+    else:
+        prediction = trained.prediction
+    before, after = stages.variance_before_after(data, linear, trained, cal, prediction)
+    residual = prediction - held.ref
+    entry: dict[str, Any] = {
+        "kind": cal.kind,
+        "validation_patches": cal.patches,
+        "knots_per_band": [len(k) for k in cal.knots],
+        "train_cpu_seconds": round(seconds, 1),
+        "calibration_cpu_seconds": round(cal_seconds, 3),
+        "clear_test_pixels": int(clear.sum()),
+        "clear_test_rmse": [
+            round(float(np.sqrt(np.mean(residual[:, b][clear] ** 2))), 5)
+            for b in range(residual.shape[1])
+        ],
+        "levels": list(LEVELS),
+    }
+    for stage, var in (("before", before), ("after", after)):
+        entry[stage] = {
+            band: _coverage(residual[:, b][clear], var[:, b][clear])
+            for b, band in enumerate(prepared.paired.ref_bands)
+        }
+    return entry
 
 
 def _record(key: str, entry: dict[str, Any]) -> None:
