@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from xharmonise.losses import gaussian_nll, loss_function, model_loss, relative_error
+from xharmonise.losses import (
+    STUDENT_DOF,
+    loss_function,
+    model_loss,
+    relative_error,
+    student_nll,
+)
 
 
 def _random(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,28 +40,47 @@ def test_relative_error_default_eps_and_zero_for_perfect_prediction() -> None:
     assert float(relative_error(t, t)) == 0.0
 
 
-def test_gaussian_nll_matches_formula_and_torch() -> None:
+@pytest.mark.parametrize("dof", [1.0, 2.0, 5.0])
+def test_student_nll_is_torchs_student_t_log_likelihood_up_to_a_constant(dof: float) -> None:
     pred, var, target = _random((6, 3, 4, 4), 1)
-    expected = np.mean((target - pred) ** 2 / (2 * var) + 0.5 * np.log(var))
     p, v, t = (torch.from_numpy(a) for a in (pred, var, target))
-    got = gaussian_nll(p, v, t)
-    assert float(got) == pytest.approx(expected, rel=1e-12)
-    # torch's own implementation (without the constant) agrees on valid variances.
-    ref = torch.nn.functional.gaussian_nll_loss(p, t, v, eps=1e-12)
-    assert float(got) == pytest.approx(float(ref), rel=1e-10)
+    got = student_nll(p, v, t, dof=dof)
+    log_prob = torch.distributions.StudentT(dof, p, v.sqrt()).log_prob(t).mean()
+    # What is left out depends on ν alone: ln Γ((ν+1)/2) - ln Γ(ν/2) - ½ ln(νπ).
+    constant = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    assert float(got) == pytest.approx(-float(log_prob) + constant, rel=1e-10)
 
 
-def test_gaussian_nll_is_minimised_by_the_squared_residual() -> None:
-    # d/dσ² [r²/(2σ²) + ½ ln σ²] = 0 at σ² = r².
+def test_student_nll_is_minimised_by_the_squared_residual() -> None:
+    # d/ds² [½ ln s² + (ν+1)/2 ln(1 + r²/(ν s²))] = 0 at s² = r², whatever ν.
     r = 0.03
     grid = torch.linspace(1e-4, 4e-3, 400, dtype=torch.float64)
     losses = torch.stack(
         [
-            gaussian_nll(torch.zeros(1, dtype=torch.float64), v.view(1), torch.full((1,), r))
+            student_nll(torch.zeros(1, dtype=torch.float64), v.view(1), torch.full((1,), r))
             for v in grid
         ]
     )
     assert float(grid[int(losses.argmin())]) == pytest.approx(r**2, rel=0.02)
+
+
+def test_far_targets_raise_the_scale_without_pulling_the_centre() -> None:
+    # 80 % of the targets near 0.2 (clear ground), 20 % at 0.9 (clouds the mask missed):
+    # one centre and one scale fitted by the variance head's loss stay with the majority,
+    # where a Gaussian likelihood's centre is the mean, 0.34.
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(np.concatenate([rng.normal(0.2, 0.01, 800), np.full(200, 0.9)]))
+    centre = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    log_var = torch.full((1,), -4.0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([centre, log_var], lr=0.01)
+    for _ in range(3000):
+        opt.zero_grad()
+        loss = loss_function(True)(centre.expand(1000), log_var.exp().expand(1000), target)
+        loss.backward()
+        opt.step()
+    assert float(centre.detach()) == pytest.approx(0.2, abs=0.005)
+    assert float(target.mean()) == pytest.approx(0.34, abs=0.005)
+    assert 0.005 < float(log_var.detach().exp().sqrt()) < 0.05
 
 
 def test_loss_selection() -> None:
@@ -61,9 +88,9 @@ def test_loss_selection() -> None:
     plain, nll = loss_function(False), loss_function(True)
     assert float(plain(pred, var, target)) == float(relative_error(pred, target))
     assert float(plain(pred, None, target)) == float(relative_error(pred, target))
-    assert float(nll(pred, var, target)) == float(gaussian_nll(pred, var, target))
+    assert float(nll(pred, var, target)) == float(student_nll(pred, var, target, dof=STUDENT_DOF))
     assert float(model_loss(pred, None, target)) == float(relative_error(pred, target))
-    assert float(model_loss(pred, var, target)) == float(gaussian_nll(pred, var, target))
+    assert float(model_loss(pred, var, target)) == float(student_nll(pred, var, target))
     with pytest.raises(ValueError, match="variance"):
         nll(pred, None, target)
 

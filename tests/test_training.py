@@ -287,7 +287,7 @@ def test_reference_masked_everywhere_or_infinite_is_refused() -> None:
 
 
 def test_a_plateau_of_a_negative_loss_counts_as_a_plateau():
-    # A trained head's Gaussian NLL is negative: a loss no better than the plateau's, or
+    # A trained head's NLL is negative: a loss no better than the plateau's, or
     # slightly worse, must not reset the patience, as it does for a positive loss.
     for ref in (-5.0, 5.0):
         assert not _improves(ref, ref, 1e-3)

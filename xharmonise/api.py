@@ -183,7 +183,7 @@ def fit(
     method : {"linear", "calibnet", "convcalibnet", "bcnet"}
         The mapping to learn.
     variance : bool
-        Add a variance head trained with a Gaussian NLL (robust to unmasked clouds); the
+        Add a variance head trained with a Student-t NLL (robust to unmasked clouds); the
         neural methods only (``linear`` has none and refuses it).
     mask : xarray.DataArray, optional
         Cloud mask on the reference grid (y, x), True or 1 = cloud; (time, y, x) with the

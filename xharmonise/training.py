@@ -257,7 +257,7 @@ def train(
 ) -> TrainResult:
     """Fit a harmonisation network with Adam and keep its best-validation parameters.
 
-    The loss is the relative error, or the Gaussian NLL for a model with a variance
+    The loss is the relative error, or the Student-t NLL for a model with a variance
     head. CalibNet is trained on random pixels drawn from all training patches; the other
     models on random batches of whole patches. The whole validation set is evaluated
     (in eval mode) every ``eval_every`` steps and at the last step.
@@ -429,7 +429,7 @@ def _effective_config(
 def _improves(loss: float, reference: float, min_rel: float) -> bool:
     """Whether ``loss`` is below ``reference`` by at least ``min_rel`` of its magnitude.
 
-    A variance head's Gaussian NLL is negative once σ is small: ``reference * (1 -
+    A variance head's NLL is negative once σ is small: ``reference * (1 -
     min_rel)`` would then lie above ``reference``, count a slightly worse loss as an
     improvement and move the plateau's reference up, so early stopping never saw a
     plateau.

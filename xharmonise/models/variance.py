@@ -2,8 +2,9 @@
 
 The paper's uncertainty-aware variant forks the last layer of a network into a second,
 parallel output layer fed with the same hidden features, and turns its output into a
-strictly positive per-pixel, per-band variance σ² used by the Gaussian negative
-log-likelihood (Nix & Weigend 1994).
+strictly positive per-pixel, per-band σ²: the squared scale of the Student-t whose
+negative log-likelihood trains it (:func:`xharmonise.losses.student_nll`; the paper's is
+Gaussian, Nix & Weigend 1994), which the calibration maps to the σ² ``predict`` returns.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ def loss_curves(model: Harmoniser) -> Figure:
 
     The baseline is the linear model's loss on the same validation patches (a horizontal
     line): the network is worth its cost where its validation curve goes below it. With a
-    variance head the loss is a Gaussian negative log-likelihood, which a linear model
+    variance head the loss is a Student-t negative log-likelihood, which a linear model
     does not have, so the line is left out and the figure says why. A dotted line marks
     the iteration whose parameters were kept.
 
@@ -269,7 +269,7 @@ def loss_curves(model: Harmoniser) -> Figure:
         ax.set_yscale("log")
     ax.set_xlabel("iteration")
     if model.variance:
-        ax.set_ylabel("loss: Gaussian negative log-likelihood")
+        ax.set_ylabel("loss: Student-t negative log-likelihood")
     else:
         ax.set_ylabel("loss: relative error |t − p| / (|t| + ε)")
     notes = []

@@ -480,7 +480,7 @@ def report(
         baseline = (
             "the dashed line is the linear baseline's loss on the same validation patches"
             if model.history.get("reference_loss") is not None
-            else "with a variance head the loss is a Gaussian NLL, which the linear "
+            else "with a variance head the loss is a Student-t NLL, which the linear "
             "baseline has no counterpart of"
         )
         add(
