@@ -21,18 +21,19 @@ at zero with heavy tails (a scale mixture) cannot match both a calibrated Gaussi
 and ±1.96σ coverage, and this splits the error between the two. Quantiles, not the mean
 of r², so that a few gross residuals move little.
 
-The σ of a head's bin is clipped instead: the root mean square of the residuals within
-±``CLIP`` (2) σ, corrected for the clipping (a Gaussian's mean square within ±2σ is
-0.774 σ²), iterated from the quantile reading. Unmasked clouds in the validation patches
-are not a few gross residuals but a share of them (10 % of the cloudy pair's validation
-pixels, half of its top bin's), in the bins of clear pixels too, since the head's σ ranks
-them well but not perfectly; the quantile reading took them in and made the clear pixels'
-σ 1.25x too wide, and a clip at ±3σ still left the clear pixels' ±1σ coverage at
-0.72-0.74. A head's σ is the clear pixels' uncertainty; the clouds keep theirs through the
-head's rank (beyond the bins the map scales). Measured with ``benchmarks/calibration.py``
-(CalibNet with its Student-t head, 3000 steps; figures in ``docs/method.md``): ±2σ, chosen
-on the cloudy pair's training seeds 0-2 among 1.5, 2, 2.5 and 3, and confirmed on seeds 3
-and 4; on the TOC and TOA pairs, free of clouds, the clip changes coverage by under 0.01.
+The σ of a head's bin is the head's σ times a factor read from ``r / σ`` (the residuals
+over the head's σ), clipped: the root mean square of ``r / σ`` within ±``CLIP`` (3),
+corrected for the clipping (a Gaussian's mean square within ±3σ is 0.973 σ²), iterated
+from the quantile reading. Unmasked clouds in the validation patches are not a few gross
+residuals but a share of them (10 % of the cloudy pair's validation pixels, half of its
+top bin's), in the bins of clear pixels too, since the head's σ ranks them well but not
+perfectly: the quantile reading took them in and made the clear pixels' σ 1.25x too wide.
+Reading the residuals themselves, clipped, pooled pixels whose head σ differs within a bin
+(the top bin spans clear bright ground and cloud), heavy-tailed together, so that the
+clipped reading was too wide at ±3σ and, at ±2σ, too narrow on the cloud-free pairs. Over
+the head's σ the pixels of a bin share one scale, which the clip reads without that bias.
+Measured with ``benchmarks/calibration.py`` (CalibNet with its Student-t head, 3000 steps;
+figures in ``docs/method.md``).
 
 A head whose validation holds fewer than ``MIN_PATCHES`` patches is left uncalibrated,
 and says so (:attr:`Calibration.skipped`); an empirical σ is then one value per band.
@@ -276,7 +277,7 @@ def _bin_sigma(residual: np.ndarray) -> float:
 
 
 #: A head's bins leave out residuals beyond this many σ (unmasked clouds, mostly).
-CLIP = 2.0
+CLIP = 3.0
 # E[z² | |z| < CLIP] of a standard Gaussian: the clipped mean square's bias.
 _CLIPPED_SECOND_MOMENT = 1 - 2 * CLIP * math.exp(-(CLIP**2) / 2) / math.sqrt(2 * math.pi) / (
     math.erf(CLIP / math.sqrt(2))
@@ -327,7 +328,13 @@ def _fit_band(x: np.ndarray, r: np.ndarray, kind: Kind, bins: int) -> tuple[list
     knots, sigmas, weights = [], [], []
     for part in np.array_split(order, k):
         knots.append(float(np.median(x[part])))
-        sigmas.append(_clipped_sigma(r[part]) if kind == "head" else _bin_sigma(r[part]))
+        if kind == "head":
+            # The bin's factor on the head's σ, read from r / σ: the head's σ varies within
+            # a bin, and residuals of different σ pooled are heavy-tailed, which a clipped
+            # reading of r itself takes for outliers.
+            sigmas.append(knots[-1] * _clipped_sigma(r[part] / x[part]))
+        else:
+            sigmas.append(_bin_sigma(r[part]))
         weights.append(part.size)
     knots_a, sigmas_a = np.asarray(knots), np.asarray(sigmas)
     if kind == "head":
