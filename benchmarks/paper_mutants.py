@@ -10,7 +10,7 @@ mechanism of the method in the library itself (never in the tests):
     point kernel, so the source is sampled, not blurred, to the reference grid before
     every fit (the simulator keeps its true MTF).
 ``head``
-    The variance head is off: the Gaussian NLL is replaced by the loss of a model without
+    The variance head is off: the head's NLL is replaced by the loss of a model without
     a head, so the head's output is never trained.
 ``frozen``
     BCNet's learnable filter is frozen at its initial Gaussian: it can neither move nor

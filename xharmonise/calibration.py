@@ -6,10 +6,10 @@ validation patches (never the test patches), that :func:`xharmonise.predict` app
 ``kind="head"``
     The variance head's σ, mapped per band by a monotone function of itself: the
     validation pixels are binned by the head's σ (up to ``MAX_BINS`` quantile bins of at
-    least ``MIN_BIN_PIXELS`` pixels), each bin gets the σ of its residuals, the bins'
-    values are made non-decreasing (isotonic regression) and interpolated in log-log;
-    beyond the outer bins σ is scaled by the outer bin's factor, so the head's ranking of
-    unmasked clouds is kept.
+    least ``MIN_BIN_PIXELS`` pixels), each bin gets its median head σ times the scale of
+    its residuals over the head's σ, the bins' values are made non-decreasing (isotonic
+    regression) and interpolated in log-log; beyond the outer bins σ is scaled by the
+    outer bin's factor, so the head's ranking of unmasked clouds is kept.
 ``kind="empirical"``
     For models without a head: σ as a function of the source brightness (the mean of the
     source bands' reflectance), from the validation residuals binned by brightness,
@@ -276,7 +276,8 @@ def _bin_sigma(residual: np.ndarray) -> float:
     return float(np.sqrt(max(q1, 1e-12) * max(q2 / 1.96, 1e-12)))
 
 
-#: A head's bins leave out residuals beyond this many σ (unmasked clouds, mostly).
+#: A head's bins leave out residuals over σ beyond this many times their scale (unmasked
+#: clouds, mostly).
 CLIP = 3.0
 # E[z² | |z| < CLIP] of a standard Gaussian: the clipped mean square's bias.
 _CLIPPED_SECOND_MOMENT = 1 - 2 * CLIP * math.exp(-(CLIP**2) / 2) / math.sqrt(2 * math.pi) / (
@@ -285,8 +286,9 @@ _CLIPPED_SECOND_MOMENT = 1 - 2 * CLIP * math.exp(-(CLIP**2) / 2) / math.sqrt(2 *
 
 
 def _clipped_sigma(residual: np.ndarray) -> float:
-    """σ of a head's bin: the root mean square of the residuals within ±CLIP σ, corrected
-    for the clipping, iterated from the quantile reading until σ settles."""
+    """Scale of a head's bin, read from its residuals over the head's σ: their root mean
+    square within ±CLIP times the scale, corrected for the clipping, iterated from the
+    quantile reading until the scale settles."""
     a2 = np.square(residual)
     sigma = _bin_sigma(residual)
     for _ in range(100):
