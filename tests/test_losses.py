@@ -51,6 +51,17 @@ def test_student_nll_is_torchs_student_t_log_likelihood_up_to_a_constant(dof: fl
     assert float(got) == pytest.approx(-float(log_prob) + constant, rel=1e-10)
 
 
+def test_infinite_dof_is_the_papers_gaussian_nll_and_the_student_ts_limit() -> None:
+    pred, var, target = _random((6, 3, 4, 4), 2)
+    p, v, t = (torch.from_numpy(a) for a in (pred, var, target))
+    got = float(student_nll(p, v, t, dof=math.inf))
+    log_prob = float(torch.distributions.Normal(p, v.sqrt()).log_prob(t).mean())
+    assert got == pytest.approx(-log_prob - 0.5 * math.log(2 * math.pi), rel=1e-10)
+    assert float(student_nll(p, v, t, dof=1e7)) == pytest.approx(got, rel=1e-5)
+    paper = loss_function(True, dof=math.inf)
+    assert float(paper(p, v, t)) == got
+
+
 def test_student_nll_is_minimised_by_the_squared_residual() -> None:
     # d/ds² [½ ln s² + (ν+1)/2 ln(1 + r²/(ν s²))] = 0 at s² = r², whatever ν.
     r = 0.03

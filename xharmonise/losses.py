@@ -16,6 +16,7 @@ the plain losses to float rounding; the plain ones are kept for data known to be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -147,7 +148,8 @@ def student_nll(
     target : torch.Tensor
         Reference values, same shape.
     dof : float, default STUDENT_DOF
-        Degrees of freedom ν > 0.
+        Degrees of freedom ν > 0; ``math.inf`` gives the limit, the paper's Gaussian NLL
+        ``mean(½ ln s² + (t-p)²/(2 s²))``, kept for comparisons.
     masked : bool, default False
         Leave out the elements whose target is NaN (masked reference pixels).
 
@@ -166,6 +168,8 @@ def student_nll(
     """
 
     def terms(t: torch.Tensor) -> torch.Tensor:
+        if math.isinf(dof):
+            return 0.5 * (torch.log(var) + (t - pred).square() / var)
         return 0.5 * torch.log(var) + 0.5 * (dof + 1.0) * torch.log1p(
             (t - pred).square() / (dof * var)
         )
@@ -180,18 +184,18 @@ def _relative_error_loss(masked: bool) -> LossFn:
     return loss
 
 
-def _nll_loss(masked: bool) -> LossFn:
+def _nll_loss(masked: bool, dof: float) -> LossFn:
     def loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
         if var is None:
             raise ValueError(
                 "the Student-t NLL needs a variance; build the model with variance=True"
             )
-        return student_nll(pred, var, target, masked=masked)
+        return student_nll(pred, var, target, dof=dof, masked=masked)
 
     return loss
 
 
-def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
+def loss_function(variance: bool, *, masked: bool = False, dof: float = STUDENT_DOF) -> LossFn:
     """The training criterion for a model with or without a variance head.
 
     Parameters
@@ -200,6 +204,9 @@ def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
         Whether the model predicts σ².
     masked : bool, default False
         Whether targets may hold NaN (masked reference pixels) to leave out.
+    dof : float, default STUDENT_DOF
+        The head's Student-t degrees of freedom; ``math.inf`` trains by the paper's
+        Gaussian NLL (:func:`student_nll`).
 
     Returns
     -------
@@ -214,7 +221,7 @@ def loss_function(variance: bool, *, masked: bool = False) -> LossFn:
     >>> float(loss(torch.ones(2), None, torch.ones(2)))
     0.0
     """
-    return _nll_loss(masked) if variance else _relative_error_loss(masked)
+    return _nll_loss(masked, dof) if variance else _relative_error_loss(masked)
 
 
 def model_loss(pred: torch.Tensor, var: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
